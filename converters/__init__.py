@@ -1,0 +1,1 @@
+"""`selora-convert`: command-line conversions of SeLoRA checkpoints (see converters.cli)."""

@@ -1,0 +1,113 @@
+"""Facts about a base model from its Hugging Face config alone (no weights are read).
+
+- `target_shapes(config, targets)`: {module path: (in_features, out_features)} of the nn.Linear
+  modules whose last name component is in `targets`, found on a meta-device instance, so it
+  works for any architecture transformers knows.
+- `fingerprint(config)`: sha256 of the architecture fields that decide those shapes, so an
+  adapter can be checked against a base model before any tensor is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Fields that decide the shapes of a decoder's linear layers. Those absent from a config are
+# skipped; the model type is always included.
+FINGERPRINT_FIELDS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+)
+
+# LLaMA-3-8B's published config.json, used for parameter counts without weights.
+LLAMA3_8B = dict(
+    model_type="llama",
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=8192,
+    rope_theta=500000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
+
+
+def load_config(model_dir: str | Path):
+    """The transformers config of a local model directory, with a clear error if absent."""
+    from transformers import AutoConfig
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a Hugging Face model directory (no config.json)")
+    return AutoConfig.from_pretrained(str(path), local_files_only=True)
+
+
+def config_from_dict(data: dict[str, Any]):
+    from transformers import AutoConfig
+
+    data = dict(data)
+    return AutoConfig.for_model(data.pop("model_type"), **data)
+
+
+def _config_key(config) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True, default=str)
+
+
+@lru_cache(maxsize=16)
+def _meta_model(key: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    data = json.loads(key)
+    config = AutoConfig.for_model(data.pop("model_type"), **{k: v for k, v in data.items()})
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def meta_model(config):
+    """An instance of the architecture on the meta device (shapes only, no memory)."""
+    return _meta_model(_config_key(config))
+
+
+def target_shapes(config, targets: tuple[str, ...] | list[str]) -> dict[str, tuple[int, int]]:
+    """{module path: (in_features, out_features)} for every Linear named in `targets`."""
+    model = meta_model(config)
+    shapes = {
+        name: (mod.in_features, mod.out_features)
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets
+    }
+    found = {n.rsplit(".", 1)[-1] for n in shapes}
+    missing = [t for t in targets if t not in found]
+    if missing:
+        linear_names = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        )
+        raise ValueError(
+            f"target module(s) {', '.join(missing)} not found in {config.model_type}; "
+            f"its linear layers are {', '.join(linear_names)}"
+        )
+    return shapes
+
+
+def num_parameters(config) -> int:
+    return sum(p.numel() for p in meta_model(config).parameters())
+
+
+def fingerprint(config) -> str:
+    d = config.to_dict()
+    facts = {k: d[k] for k in FINGERPRINT_FIELDS if d.get(k) is not None}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,25 @@
+"""The compact spectral checkpoint: on-disk format (docs/FORMAT.md), reading and writing."""
+
+from .format import (
+    COEF_FILE,
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    CheckpointError,
+    Manifest,
+    is_selora_checkpoint,
+    load_checkpoint,
+    read_manifest,
+    save_checkpoint,
+)
+
+__all__ = [
+    "COEF_FILE",
+    "CONFIG_FILE",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "Manifest",
+    "is_selora_checkpoint",
+    "load_checkpoint",
+    "read_manifest",
+    "save_checkpoint",
+]

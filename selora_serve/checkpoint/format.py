@@ -1,0 +1,341 @@
+"""Reading and writing compact spectral checkpoints (format version 1, docs/FORMAT.md).
+
+A checkpoint is a directory with two files:
+
+    selora_config.json               manifest: format, version, config, base model, modules, Omega
+    selora_coefficients.safetensors  "{module}.coef_a" (k_A,), "{module}.coef_b" (k_B,)
+                                     and, for SeDoRA, "{module}.magnitude" (out_features,)
+
+`read_manifest` validates the JSON alone (cheap: no tensors, no allocation proportional to the
+declared shapes); `load_checkpoint` also validates every tensor and every Omega checksum, and,
+given the base model's config, the fingerprint and each module's shape. Every failure raises
+`CheckpointError` naming the file, the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..adapter import BaseModelInfo, ModuleCoefficients, SpectralAdapter
+from ..atomic import atomic_directory
+from ..config import ConfigError, SeLoRAConfig
+from ..spectral.materialise import MatrixLayout, layout_for
+from ..spectral.omega import num_coefficients, omega_checksum
+
+CONFIG_FILE = "selora_config.json"
+COEF_FILE = "selora_coefficients.safetensors"
+FORMAT_NAME = "selora"
+FORMAT_VERSION = 1
+# Any real linear layer is far smaller; larger declared shapes are refused before anything is
+# allocated, so a hostile manifest cannot make a loader reserve huge buffers.
+MAX_FEATURES = 1 << 20
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_ST_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, malformed, or does not fit the base model."""
+
+    def __init__(self, path: str | Path, field: str, message: str):
+        self.path = str(path)
+        self.field = field
+        self.reason = message
+        super().__init__(f"{path}: {field}: {message}")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The validated contents of selora_config.json."""
+
+    path: Path
+    config: SeLoRAConfig
+    base: BaseModelInfo
+    coefficient_dtype: str
+    modules: dict[str, tuple[int, int]]  # name -> (in_features, out_features)
+    omega: dict[str, dict[str, Any]]
+
+    def layouts(self) -> dict[str, MatrixLayout]:
+        """Every matrix layout used by the modules, keyed like the manifest's "omega"."""
+        c = self.config
+        out = {}
+        for d_in, d_out in self.modules.values():
+            for shape in ((c.r, d_in), (d_out, c.r)):
+                out[shape_key(shape)] = layout_for(c.spectral_basis, c.seed, c.eta, shape)
+        return out
+
+    def num_coefficients(self) -> int:
+        c = self.config
+        return sum(
+            num_coefficients(c.eta, (c.r, i)) + num_coefficients(c.eta, (o, c.r))
+            + (o if c.variant == "sedora" else 0)
+            for i, o in self.modules.values()
+        )
+
+
+def shape_key(shape: tuple[int, int]) -> str:
+    return f"{shape[0]}x{shape[1]}"
+
+
+def is_selora_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_FEATURES
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Parse and validate `path`/selora_config.json (no tensors are read)."""
+    root = Path(path)
+    file = root / CONFIG_FILE
+    if not root.is_dir():
+        raise CheckpointError(root, "(directory)", "not found or not a directory")
+    if not file.is_file():
+        raise CheckpointError(file, "(file)", "missing: not a SeLoRA checkpoint directory")
+    try:
+        data = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(file, "(file)", f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(file, "(file)", "expected a JSON object")
+
+    def need(key: str, kind: type | tuple[type, ...]) -> Any:
+        if key not in data:
+            raise CheckpointError(file, key, "missing")
+        if not isinstance(data[key], kind) or isinstance(data[key], bool):
+            raise CheckpointError(file, key, f"expected {getattr(kind, '__name__', kind)}, got {data[key]!r:.80}")
+        return data[key]
+
+    if need("format", str) != FORMAT_NAME:
+        raise CheckpointError(file, "format", f"expected {FORMAT_NAME!r}, got {data['format']!r}")
+    version = need("format_version", int)
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            file, "format_version",
+            f"unsupported version {version}: this build of selora-serve reads version {FORMAT_VERSION}",
+        )
+    try:
+        config = SeLoRAConfig.from_dict(need("config", dict), where="config")
+    except ConfigError as exc:
+        raise CheckpointError(file, "config", str(exc).removeprefix("config: ")) from None
+    base = need("base_model", dict)
+    for key in ("name", "fingerprint"):
+        if not isinstance(base.get(key), str) or not base[key]:
+            raise CheckpointError(file, f"base_model.{key}", "expected a non-empty string")
+    dtype = need("coefficient_dtype", str)
+    if dtype not in DTYPES:
+        raise CheckpointError(file, "coefficient_dtype", f"expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    raw_modules = need("modules", dict)
+    if not raw_modules:
+        raise CheckpointError(file, "modules", "empty: the adapter adapts no module")
+    modules: dict[str, tuple[int, int]] = {}
+    for name, spec in raw_modules.items():
+        field = f"modules.{name}"
+        if not isinstance(spec, dict) or set(spec) != {"in_features", "out_features"}:
+            raise CheckpointError(file, field, "expected {\"in_features\": int, \"out_features\": int}")
+        d_in, d_out = spec["in_features"], spec["out_features"]
+        if not (_positive_int(d_in) and _positive_int(d_out)):
+            raise CheckpointError(file, field, f"features must be integers in [1, {MAX_FEATURES}], got {d_in!r} x {d_out!r}")
+        if name.rsplit(".", 1)[-1] not in config.target_modules:
+            raise CheckpointError(file, field, f"not one of the target modules {list(config.target_modules)}")
+        modules[name] = (d_in, d_out)
+    omega = need("omega", dict)
+    manifest = Manifest(
+        root, config,
+        BaseModelInfo(base["name"], base["fingerprint"], base.get("num_parameters")),
+        dtype, modules, omega,
+    )
+    expected = manifest.layouts()
+    if set(omega) != set(expected):
+        raise CheckpointError(
+            file, "omega", f"expected entries for shapes {sorted(expected)}, got {sorted(omega)}"
+        )
+    for key, layout in expected.items():
+        entry = omega[key]
+        want = {"spectral_shape": list(layout.spectral_shape), "k": layout.k}
+        if not isinstance(entry, dict) or any(entry.get(f) != v for f, v in want.items()):
+            raise CheckpointError(file, f"omega.{key}", f"expected {want} (from the config), got {entry!r:.200}")
+        if not isinstance(entry.get("sha256"), str):
+            raise CheckpointError(file, f"omega.{key}.sha256", "missing")
+    return manifest
+
+
+def check_against_base(manifest: Manifest, base_config) -> None:
+    """Raise CheckpointError unless the adapter fits the base model described by `base_config`."""
+    from ..base_model import fingerprint, target_shapes
+
+    file = manifest.path / CONFIG_FILE
+    got = fingerprint(base_config)
+    if got != manifest.base.fingerprint:
+        raise CheckpointError(
+            file, "base_model.fingerprint",
+            f"adapter was made for a different base architecture ({manifest.base.name!r}, "
+            f"fingerprint {manifest.base.fingerprint[:12]}); the served model's is {got[:12]}",
+        )
+    try:
+        shapes = target_shapes(base_config, manifest.config.target_modules)
+    except ValueError as exc:
+        raise CheckpointError(file, "config.target_modules", str(exc)) from None
+    for name, shape in manifest.modules.items():
+        if name not in shapes:
+            raise CheckpointError(file, f"modules.{name}", "no such module in the base model")
+        if shapes[name] != shape:
+            raise CheckpointError(
+                file, f"modules.{name}",
+                f"shape (in, out) {shape} does not fit the base model's {shapes[name]}",
+            )
+
+
+def _expected_tensors(manifest: Manifest) -> dict[str, tuple[int]]:
+    c = manifest.config
+    out: dict[str, tuple[int]] = {}
+    for name, (d_in, d_out) in manifest.modules.items():
+        out[f"{name}.coef_a"] = (num_coefficients(c.eta, (c.r, d_in)),)
+        out[f"{name}.coef_b"] = (num_coefficients(c.eta, (d_out, c.r)),)
+        if c.variant == "sedora":
+            out[f"{name}.magnitude"] = (d_out,)
+    return out
+
+
+def _read_tensors(manifest: Manifest) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError, safe_open
+
+    file = manifest.path / COEF_FILE
+    if not file.is_file():
+        raise CheckpointError(file, "(file)", "missing")
+    expected = _expected_tensors(manifest)
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            keys = set(fh.keys())
+            missing = sorted(set(expected) - keys)
+            if missing:
+                raise CheckpointError(file, missing[0], f"tensor missing ({len(missing)} missing in all)")
+            extra = sorted(keys - set(expected))
+            if extra:
+                raise CheckpointError(file, extra[0], "unexpected tensor (not declared by the manifest)")
+            for key, shape in expected.items():
+                piece = fh.get_slice(key)
+                got_shape, got_dtype = tuple(piece.get_shape()), _ST_DTYPES.get(piece.get_dtype(), piece.get_dtype())
+                if got_shape != shape:
+                    raise CheckpointError(
+                        file, key,
+                        f"has {got_shape[0] if len(got_shape) == 1 else got_shape} coefficients, expected "
+                        f"k = {shape[0]} (round((1 - eta) * m * n) for this module)",
+                    )
+                if got_dtype != manifest.coefficient_dtype:
+                    raise CheckpointError(file, key, f"dtype {got_dtype}, manifest says {manifest.coefficient_dtype}")
+            tensors = {key: fh.get_tensor(key) for key in expected}
+    except SafetensorError as exc:
+        raise CheckpointError(file, "(file)", f"corrupt or truncated safetensors ({exc})") from None
+    except OSError as exc:
+        raise CheckpointError(file, "(file)", f"cannot read ({exc})") from None
+    for key, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(file, key, f"{bad} NaN/Inf value(s); coefficients must be finite")
+    return tensors
+
+
+def verify_omega(manifest: Manifest) -> None:
+    """Regenerate every Omega from the seed and compare it with the recorded checksum."""
+    file = manifest.path / CONFIG_FILE
+    for key, layout in manifest.layouts().items():
+        if omega_checksum(layout.positions) != manifest.omega[key]["sha256"]:
+            raise CheckpointError(
+                file, f"omega.{key}.sha256",
+                "positions regenerated from the seed do not match the checksum: the checkpoint "
+                "was written by an incompatible index generator or its seed was altered",
+            )
+
+
+def load_checkpoint(path: str | Path, *, base_config=None) -> SpectralAdapter:
+    """Read and fully validate a checkpoint; with `base_config`, also check it fits that model."""
+    manifest = read_manifest(path)
+    if base_config is not None:
+        check_against_base(manifest, base_config)
+    tensors = _read_tensors(manifest)
+    verify_omega(manifest)
+    adapter = SpectralAdapter(manifest.config, manifest.base)
+    for name, (d_in, d_out) in manifest.modules.items():
+        adapter.modules[name] = ModuleCoefficients(
+            d_in, d_out, tensors[f"{name}.coef_a"], tensors[f"{name}.coef_b"], tensors.get(f"{name}.magnitude")
+        )
+    return adapter
+
+
+def manifest_dict(adapter: SpectralAdapter, coefficient_dtype: str) -> dict[str, Any]:
+    layouts = {}
+    for layout in adapter.layouts().values():
+        layouts[shape_key(layout.shape)] = {
+            "spectral_shape": list(layout.spectral_shape),
+            "k": layout.k,
+            "sha256": omega_checksum(layout.positions),
+        }
+    base = {"name": adapter.base.name, "fingerprint": adapter.base.fingerprint}
+    if adapter.base.num_parameters is not None:
+        base["num_parameters"] = adapter.base.num_parameters
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "created_by": f"selora-serve {__version__}",
+        "config": adapter.config.to_dict(),
+        "base_model": base,
+        "coefficient_dtype": coefficient_dtype,
+        "modules": {
+            name: {"in_features": m.in_features, "out_features": m.out_features}
+            for name, m in sorted(adapter.modules.items())
+        },
+        "omega": dict(sorted(layouts.items())),
+    }
+
+
+def save_checkpoint(
+    adapter: SpectralAdapter,
+    path: str | Path,
+    *,
+    coefficient_dtype: str = "float32",
+    overwrite: bool = False,
+) -> Path:
+    """Write `adapter` atomically as a checkpoint directory at `path`."""
+    from safetensors.torch import save_file
+
+    if coefficient_dtype not in DTYPES:
+        raise ValueError(f"coefficient_dtype must be one of {', '.join(DTYPES)}, got {coefficient_dtype!r}")
+    dtype = DTYPES[coefficient_dtype]
+    tensors: dict[str, torch.Tensor] = {}
+    for name, mod in adapter.modules.items():
+        tensors[f"{name}.coef_a"] = mod.coef_a.detach().to("cpu", dtype).contiguous()
+        tensors[f"{name}.coef_b"] = mod.coef_b.detach().to("cpu", dtype).contiguous()
+        if adapter.config.variant == "sedora":
+            if mod.magnitude is None:
+                raise ValueError(f"SeDoRA adapter has no magnitude for {name}")
+            tensors[f"{name}.magnitude"] = mod.magnitude.detach().to("cpu", dtype).contiguous()
+    for key, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{key}: refusing to save NaN/Inf coefficients")
+    manifest = manifest_dict(adapter, coefficient_dtype)
+    with atomic_directory(path, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp / COEF_FILE), metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
+        (tmp / CONFIG_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return Path(path)
+
+
+def bytes_on_disk(path: str | Path) -> int:
+    root = Path(path)
+    return sum(f.stat().st_size for f in (root / CONFIG_FILE, root / COEF_FILE) if f.is_file())
+
+
+def dense_lora_bytes(manifest: Manifest, dtype: str | None = None) -> int:
+    """Bytes of the tensors of the same adapter as a dense LoRA, at `dtype` (default: the
+    coefficients' dtype), without file headers."""
+    size = torch.tensor([], dtype=DTYPES[dtype or manifest.coefficient_dtype]).element_size()
+    r = manifest.config.r
+    return size * sum(r * (i + o) for i, o in manifest.modules.values())
+
+

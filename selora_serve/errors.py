@@ -1,0 +1,16 @@
+"""The exceptions that mean "bad input" (shown to users as one clear line, not a traceback)."""
+
+from .checkpoint.format import CheckpointError
+from .config import ConfigError
+from .peft_io import PeftFormatError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    CheckpointError,
+    ConfigError,
+    PeftFormatError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    PermissionError,
+    ValueError,
+)

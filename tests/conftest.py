@@ -1,0 +1,53 @@
+"""Shared fixtures: one tiny local model per session, and adapters made for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from selora_serve.config import SeLoRAConfig
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny Llama-architecture model + BPE tokenizer, built locally (float32)."""
+    from selora_serve.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
+
+
+ADAPTER_KINDS = {
+    "haar": dict(basis="wavelet", wavelet="haar"),
+    "db4": dict(basis="wavelet", wavelet="db4"),
+    "fourier": dict(basis="fourier", wavelet=None),
+}
+
+
+def make_checkpoint(base: Path, out: Path, *, seed: int = 0, variant: str = "selora", **kind) -> Path:
+    from selora_serve.convert import init_checkpoint
+
+    config = SeLoRAConfig(r=8, alpha=16, eta=0.6, seed=seed, variant=variant, **kind)
+    return init_checkpoint(base, out, config, random_b=True, init_seed=seed + 100)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    """One random-B SeLoRA checkpoint per basis kind, for the tiny model."""
+    root = tmp_path_factory.mktemp("ckpts")
+    return {
+        name: make_checkpoint(tiny_model, root / name, seed=i + 1, **kind)
+        for i, (name, kind) in enumerate(ADAPTER_KINDS.items())
+    }
+
+
+@pytest.fixture(scope="session")
+def prompts() -> list[str]:
+    return ["the cat is", "river and mountain", "one two three four", "Below is an instruction"]
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,42 @@
+"""One real vLLM engine (CPU build, float32, LoRA enabled) shared by the whole session."""
+
+from __future__ import annotations
+
+import pytest
+
+MAX_NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny_model):
+    pytest.importorskip("vllm")
+    from vllm import LLM
+
+    llm = LLM(
+        model=str(tiny_model),
+        enable_lora=True,
+        max_lora_rank=8,
+        max_loras=2,
+        dtype="float32",
+        gpu_memory_utilization=0.2,
+        max_model_len=256,
+        enforce_eager=True,
+        seed=0,
+    )
+    yield llm
+    llm.llm_engine.engine_core.shutdown() if hasattr(llm.llm_engine, "engine_core") else None
+    del llm
+
+
+def hf_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
+    """Greedy continuations with transformers, one prompt at a time (no padding effects)."""
+    import torch
+
+    out = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, min_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.eos_token_id)
+        out.append(gen[0, ids.shape[1]:].tolist())
+    return out
