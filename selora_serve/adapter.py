@@ -17,7 +17,7 @@ import torch
 
 from .config import SeLoRAConfig
 from .spectral.init import init_coefficients
-from .spectral.materialise import MatrixLayout, layout_for, materialise
+from .spectral.materialise import MatrixLayout, layout_for, materialise_chunks
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,9 @@ def materialise_adapter(
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Dense (A, B) for every module: A (r, in_features), B (out_features, r), in `dtype`.
 
-    Matrices of one layout are stacked and decoded in one batched call.
+    Matrices of one layout are decoded in one batched call, straight from the modules'
+    coefficient tensors (no intermediate stack), into cache-sized chunks (see
+    `materialise_chunks`); each returned matrix is a view of its chunk.
     """
     groups: dict[MatrixLayout, list[tuple[str, int]]] = defaultdict(list)
     for name, mod in adapter.modules.items():
@@ -121,13 +123,12 @@ def materialise_adapter(
         groups[adapter.layout_b(mod)].append((name, 1))
     result: dict[str, list[torch.Tensor | None]] = {n: [None, None] for n in adapter.modules}
     for layout, members in groups.items():
-        coefs = torch.stack(
-            [
-                (adapter.modules[n].coef_a if which == 0 else adapter.modules[n].coef_b)
-                for n, which in members
-            ]
-        ).to(device=device, non_blocking=True)
-        dense = materialise(coefs, layout, dtype)
-        for (name, which), matrix in zip(members, dense.unbind(0)):
+        rows = [
+            adapter.modules[n].coef_a if which == 0 else adapter.modules[n].coef_b
+            for n, which in members
+        ]
+        chunks = materialise_chunks(rows, layout, dtype, device)
+        dense = [matrix for chunk in chunks for matrix in chunk.unbind(0)]
+        for (name, which), matrix in zip(members, dense):
             result[name][which] = matrix
     return {n: (ab[0], ab[1]) for n, ab in result.items()}  # type: ignore[misc]

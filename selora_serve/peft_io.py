@@ -100,13 +100,12 @@ def read_peft(path: str | Path) -> DenseLora:
         raise PeftFormatError(f"{cfg_file}: not valid JSON ({exc})") from None
     if cfg.get("peft_type") != "LORA":
         raise PeftFormatError(f"{cfg_file}: peft_type: expected 'LORA', got {cfg.get('peft_type')!r}")
+    # Each of these changes what B A means or adds weights SeLoRA has no coefficients for.
     unsupported = [
         f"{key}={cfg[key]!r}"
-        for key, ok in (("use_rslora", False), ("fan_in_fan_out", False), ("modules_to_save", None))
-        if cfg.get(key, ok) not in (ok, [] if ok is None else ok)
+        for key in ("use_rslora", "fan_in_fan_out", "modules_to_save", "rank_pattern", "alpha_pattern")
+        if cfg.get(key)
     ]
-    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        unsupported.append("rank_pattern/alpha_pattern")
     if unsupported:
         raise PeftFormatError(f"{cfg_file}: unsupported LoRA feature(s): {', '.join(unsupported)}")
     if not w_file.is_file():

@@ -101,3 +101,22 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, spec: TinySpec = Tin
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
     return Path(out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m selora_serve.tiny",
+        description="Build a tiny local Llama-architecture model and tokenizer (for demos and tests; no download).",
+    )
+    parser.add_argument("out", help="model directory to create")
+    parser.add_argument("--seed", type=int, default=0, help="weight and tokenizer seed; default %(default)s")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    args = parser.parse_args(argv)
+    print(f"wrote {build_tiny_model(args.out, seed=args.seed, overwrite=args.overwrite)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

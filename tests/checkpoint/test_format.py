@@ -193,3 +193,4 @@ def test_killed_write_leaves_no_partial_checkpoint(checkpoints, tmp_path):
     save_checkpoint(load_checkpoint(checkpoints["haar"]), out)
     assert not list(tmp_path.glob(".killed.tmp-*"))
     load_checkpoint(out)
+

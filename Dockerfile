@@ -1,0 +1,18 @@
+# selora-serve for GPU hosts: the official vLLM OpenAI server image (the vLLM version the
+# integration is pinned to) plus this package. Build: docker build -t selora-serve .
+# Run:   docker run --gpus all -p 8000:8000 -v /models:/models -v /adapters:/adapters \
+#          selora-serve --model /models/Llama-3-8B --adapters /adapters --tensor-parallel-size 1
+FROM vllm/vllm-openai:v0.32.0
+
+WORKDIR /opt/selora-serve
+COPY pyproject.toml README.md ./
+COPY selora_serve ./selora_serve
+COPY converters ./converters
+# vLLM and torch come from the base image; install only what this package adds.
+RUN python3 -m pip install --no-cache-dir ptwt PyWavelets prometheus-client \
+ && python3 -m pip install --no-cache-dir --no-deps . \
+ && python3 -c "import selora_serve, vllm; print('selora-serve on vLLM', vllm.__version__)"
+
+EXPOSE 8000
+ENTRYPOINT ["selora-serve"]
+CMD ["--help"]

@@ -1,0 +1,115 @@
+"""selora-serve: vLLM's OpenAI-compatible server, serving SeLoRA adapters from a store.
+
+Parsing and launching only: `plan` decides the vLLM options, vLLM's own launcher serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+DESCRIPTION = """\
+Serve a base model and a store of SeLoRA adapters with vLLM's OpenAI-compatible server
+(completions, chat completions, streaming, /v1/models, /metrics).
+
+Each sub-directory of an --adapters directory is an adapter, requested by its name as the
+"model" of a request; it is decoded from its spectral coefficients on its first request, checked
+against the served base model, and then cached by vLLM (--max-loras slots, --max-cpu-loras in
+host memory). Adapters copied into the store while the server runs are served without a restart.
+
+Every option not listed here goes to vLLM unchanged (see `python -m
+vllm.entrypoints.openai.api_server --help`), e.g. --tensor-parallel-size, --max-model-len.
+"""
+
+EPILOG = """\
+examples:
+  selora-serve --demo
+  selora-serve --model meta-llama/Meta-Llama-3-8B --adapters /srv/adapters --port 8000
+  selora-serve --model ./llama --adapters ./a --adapters ./b --max-loras 8 --tensor-parallel-size 2
+  selora-serve --merge ./ckpt --model ./llama          # one adapter merged into W0, LoRA off
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from selora_serve import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="selora-serve", description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--model", metavar="BASE", help="base model: local directory or Hugging Face id")
+    parser.add_argument("--adapters", action="append", default=[], metavar="DIR",
+                        help="adapter store directory (repeatable; the first that holds a name wins)")
+    parser.add_argument("--pin", action="append", default=[], metavar="NAME",
+                        help="load this store adapter at start-up and pin it in a slot (repeatable)")
+    parser.add_argument("--merge", metavar="CKPT",
+                        help="serve this one checkpoint merged into --model's weights, with LoRA disabled")
+    parser.add_argument("--merge-cache", metavar="DIR", default=None,
+                        help="where merged models are kept (default: ~/.cache/selora-serve/merged)")
+    parser.add_argument("--demo", action="store_true",
+                        help="build a tiny local base model and three demo adapters, and serve them on CPU")
+    parser.add_argument("--demo-dir", metavar="DIR", default=None,
+                        help="where --demo builds its model and adapters (default: ~/.cache/selora-serve/demo)")
+    return parser
+
+
+def plan_from_args(args: argparse.Namespace, passthrough: list[str]):
+    from .plan import default_cache, plan_merge, plan_store
+
+    if args.demo:
+        from .demo import DEMO_VLLM_OPTIONS, build_demo
+
+        model, store = build_demo(args.demo_dir or default_cache() / "demo")
+        extra = []
+        for flag, value in DEMO_VLLM_OPTIONS:
+            if flag not in {a.split("=", 1)[0] for a in passthrough}:
+                extra += [flag] if value is None else [flag, value]
+        return plan_store(str(model), [str(store)], extra + passthrough)
+    if not args.model:
+        raise ValueError("--model BASE is required (or use --demo)")
+    if args.merge:
+        if args.adapters:
+            raise ValueError("--merge serves one merged adapter; it does not take --adapters")
+        return plan_merge(args.merge, args.model, passthrough, cache=args.merge_cache or default_cache() / "merged")
+    if not args.adapters:
+        raise ValueError("--adapters DIR is required (or --merge CKPT, or --demo)")
+    return plan_store(args.model, args.adapters, passthrough, pinned=args.pin)
+
+
+def launch(plan) -> None:
+    """Run vLLM's OpenAI server in this process with `plan`'s argv and environment.
+
+    Inside `metrics.multiprocess_dir`: the adapter metrics taken in the engine's worker process
+    reach the API server's /metrics only through prometheus-client's multiprocess files.
+    """
+    from selora_serve.vllm_ext.metrics import multiprocess_dir
+
+    os.environ.update(plan.env)
+    sys.argv = ["selora-serve", *plan.argv]
+    with multiprocess_dir():
+        from vllm.entrypoints.launchers.api_server.entry import main as vllm_main
+
+        vllm_main()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, passthrough = parser.parse_known_args(argv)
+    from selora_serve.errors import USER_ERRORS
+
+    try:
+        plan = plan_from_args(args, passthrough)
+    except USER_ERRORS as exc:
+        print(f"selora-serve: error: {exc}", file=sys.stderr)
+        return 2
+    for note in plan.notes:
+        print(f"selora-serve: {note}", file=sys.stderr)
+    launch(plan)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""From `selora-serve` options to the argv and environment of vLLM's OpenAI server.
+
+    launch = plan_store(model, [store_dir], passthrough=["--max-model-len", "512"])
+    launch.argv  # ["--model", model, "--enable-lora", "--max-lora-rank", "8", ...]
+    launch.env   # {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "SELORA_ADAPTER_DIRS": ..., ...}
+
+A default is added only when the user did not pass that vLLM option; anything the user passes
+reaches vLLM unchanged. Store mode enables LoRA with runtime updating (vLLM 0.32 consults LoRA
+resolvers only then), derives the rank limit and slot counts from the store, and runs float32 on
+CPU (vLLM's CPU backend has no bf16 kernels on many hosts). Merge mode merges one checkpoint
+into the base weights once (cached by content) and serves that with LoRA off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from ..vllm_ext.admin import ENV_PINNED, PLUGIN_NAME as ADMIN_PLUGIN
+from ..vllm_ext.resolver import ENV_MAX_RANK
+from ..vllm_ext.store import ENV_DIRS, AdapterStore
+
+# vLLM 0.32's accepted --max-lora-rank values (vllm.config.lora.MaxLoRARanks).
+SUPPORTED_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+MAX_SLOTS = 4
+MAX_HOST_CACHE = 32
+
+
+@dataclass
+class Launch:
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what was chosen for the user, for the log
+
+
+def supported_rank(r: int) -> int:
+    """The smallest rank limit vLLM accepts that is >= r."""
+    for rank in SUPPORTED_RANKS:
+        if rank >= r:
+            return rank
+    raise ValueError(f"rank {r} exceeds vLLM's largest supported --max-lora-rank {SUPPORTED_RANKS[-1]}")
+
+
+def has_option(argv: Sequence[str], *names: str) -> bool:
+    """True if any of `names` (e.g. "--max-loras") is in `argv`, as "--x v" or "--x=v"."""
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if flag in names or flag.replace("_", "-") in names:
+            return True
+    return False
+
+
+def option_value(argv: Sequence[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        flag, _, value = arg.partition("=")
+        if flag.replace("_", "-") == name:
+            return value if value else (argv[i + 1] if i + 1 < len(argv) else None)
+    return None
+
+
+def plugins_allowlist(environ=os.environ) -> str:
+    """VLLM_PLUGINS naming our admin endpoint plugin (endpoint plugins load only when named).
+
+    Naming any plugin turns VLLM_PLUGINS into an allowlist for every group, so every general
+    plugin installed (ours included) is named too, and a user's own list is extended, not replaced.
+    """
+    from importlib.metadata import entry_points
+
+    if environ.get("VLLM_PLUGINS") is not None:
+        names = [n for n in environ["VLLM_PLUGINS"].split(",") if n]
+    else:
+        names = [ep.name for ep in entry_points(group="vllm.general_plugins")]
+    for name in ("selora", ADMIN_PLUGIN):
+        if name not in names:
+            names.append(name)
+    return ",".join(names)
+
+
+def on_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def _defaults(argv: list[str], defaults: list[tuple[str, str | None]], notes: list[str]) -> list[str]:
+    out = []
+    for flag, value in defaults:
+        if has_option(argv, flag):
+            continue
+        out += [flag] if value is None else [flag, value]
+        notes.append(f"{flag} {value}" if value is not None else flag)
+    return out
+
+
+def plan_store(
+    model: str, adapter_dirs: Sequence[str], passthrough: Sequence[str] = (), *,
+    pinned: Sequence[str] = (), cpu: bool | None = None,
+) -> Launch:
+    """Serve `model` with LoRA enabled and the adapter store `adapter_dirs` behind the resolver."""
+    store = AdapterStore(adapter_dirs)
+    argv = list(passthrough)
+    cpu = on_cpu() if cpu is None else cpu
+    n = len(store.names())
+    notes: list[str] = []
+    rank_limit = option_value(argv, "--max-lora-rank")
+    rank = int(rank_limit) if rank_limit else supported_rank(store.max_rank())
+    slots = max(1, min(n, MAX_SLOTS))
+    host = max(slots, min(n, MAX_HOST_CACHE))
+    if has_option(argv, "--max-loras") and not has_option(argv, "--max-cpu-loras"):
+        host = max(host, int(option_value(argv, "--max-loras") or 1))
+    defaults: list[tuple[str, str | None]] = [
+        ("--enable-lora", None), ("--max-lora-rank", str(rank)),
+        ("--max-loras", str(slots)), ("--max-cpu-loras", str(host)),
+    ]
+    if cpu:
+        defaults.append(("--dtype", "float32"))
+    env = {
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
+        ENV_DIRS: store.to_env(),
+        ENV_MAX_RANK: str(rank),
+        "VLLM_PLUGINS": plugins_allowlist(),
+    }
+    if pinned:
+        env[ENV_PINNED] = ",".join(pinned)
+    return Launch(["--model", model] + _defaults(argv, defaults, notes) + argv, env, notes)
+
+
+def merged_dir(ckpt: str | Path, model: str | Path, cache: str | Path) -> Path:
+    """Where the merge of `ckpt` into `model` is cached: keyed by both inputs' bytes and paths."""
+    digest = hashlib.sha256()
+    for root in (Path(ckpt), Path(model)):
+        digest.update(str(root.resolve()).encode())
+        for item in sorted(root.iterdir()):
+            if item.is_file():
+                stat = item.stat()
+                digest.update(f"{item.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return Path(cache) / f"{Path(ckpt).name}-{digest.hexdigest()[:16]}"
+
+
+def plan_merge(
+    ckpt: str, model: str, passthrough: Sequence[str] = (), *, cache: str | Path, cpu: bool | None = None,
+) -> Launch:
+    """Merge `ckpt` into `model` (once; cached under `cache`) and serve it with LoRA off."""
+    from ..convert import merge
+
+    if has_option(passthrough, "--enable-lora", "--lora-modules"):
+        raise ValueError("--merge serves one adapter merged into the base weights; it cannot enable LoRA")
+    out = merged_dir(ckpt, model, cache)
+    notes = []
+    if not out.is_dir():
+        merge(ckpt, model, out)
+        notes.append(f"merged {ckpt} into {model} at {out}")
+    else:
+        notes.append(f"using the cached merge at {out}")
+    argv = list(passthrough)
+    defaults: list[tuple[str, str | None]] = [("--served-model-name", Path(ckpt).resolve().name)]
+    if on_cpu() if cpu is None else cpu:
+        defaults.append(("--dtype", "float32"))
+    return Launch(["--model", str(out)] + _defaults(argv, defaults, notes) + argv, {}, notes)
+
+
+def default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "selora-serve"

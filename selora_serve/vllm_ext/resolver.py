@@ -1,0 +1,78 @@
+"""A vLLM LoRAResolver that serves the adapter store by name.
+
+vLLM 0.32 consults resolvers (with VLLM_ALLOW_RUNTIME_LORA_UPDATING=1) when a request names a
+model it does not know; it then loads the returned LoRARequest and remembers the name. This
+resolver looks the name up in the store on every such call (so adapters copied in later are
+found), and validates a SeLoRA checkpoint against the served base model before returning it.
+
+Contract with vLLM's `OpenAIServingModels.resolve_lora`: returning None means "not mine" (vLLM
+answers 404 if no resolver knows the name); an exception raised here propagates out of the
+request handler, and we raise vLLM's own `VLLMValidationError` so its exception handlers answer
+400 with an OpenAI-style body naming the adapter and the reason. (Returning the adapter and letting
+the engine fail would give only vLLM's generic "was found but could not be loaded".)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+
+from .store import ENV_DIRS, AdapterError, AdapterStore, validate
+
+RESOLVER_NAME = "selora-store"
+ENV_MAX_RANK = "SELORA_MAX_LORA_RANK"  # set by `selora-serve`; checked before the engine is asked
+
+
+@functools.lru_cache(maxsize=4)
+def _base_config(base_model_name: str):
+    """The HF config of the served base model (vLLM passes its model path or hub id)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(base_model_name)
+
+
+def _make_resolver_class():
+    from vllm.exceptions import VLLMValidationError
+    from vllm.lora.request import LoRARequest
+    from vllm.lora.resolver import LoRAResolver
+
+    class StoreResolver(LoRAResolver):
+        def __init__(self, store: AdapterStore, max_rank: int | None = None):
+            self.store = store
+            self.max_rank = max_rank
+
+        def _resolve(self, base_model_name: str, lora_name: str):
+            found = self.store.find(lora_name)
+            if found is None:
+                return None
+            if found.kind == "selora":
+                validate(lora_name, found.path, _base_config(base_model_name), max_rank=self.max_rank)
+            # The id is a placeholder: vLLM assigns the real one before loading.
+            return LoRARequest(lora_name=lora_name, lora_int_id=1, lora_path=str(found.path))
+
+        async def resolve_lora(self, base_model_name: str, lora_name: str):
+            try:
+                return await asyncio.to_thread(self._resolve, base_model_name, lora_name)
+            except AdapterError as exc:
+                raise VLLMValidationError(str(exc), parameter="model") from None
+
+    return StoreResolver
+
+
+def register_from_env() -> bool:
+    """Register the store resolver if SELORA_ADAPTER_DIRS names a store; True if registered."""
+    store = AdapterStore.from_env()
+    if store is None:
+        return False
+    from vllm.lora.resolver import LoRAResolverRegistry
+
+    if RESOLVER_NAME in LoRAResolverRegistry.get_supported_resolvers():
+        return True
+    rank = os.environ.get(ENV_MAX_RANK)
+    resolver = _make_resolver_class()(store, int(rank) if rank else None)
+    LoRAResolverRegistry.register_resolver(RESOLVER_NAME, resolver)
+    return True
+
+
+__all__ = ["ENV_DIRS", "ENV_MAX_RANK", "RESOLVER_NAME", "register_from_env"]

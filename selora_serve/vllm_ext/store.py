@@ -1,0 +1,186 @@
+"""The adapter store: one or more directories whose sub-directories are adapters, found by name.
+
+    store = AdapterStore(["/srv/adapters", "/srv/more"])
+    found = store.find("support-bot")      # -> StoredAdapter | None; raises AdapterNameError
+    store.validate(found, base_config)     # -> Manifest; raises AdapterError naming the reason
+
+A name is a relative path of one or more components ("support-bot", "team/support-bot"); the
+first root that holds it wins. Names that could leave the store are refused before the file
+system is touched (absolute paths, "..", ".", empty components, backslashes, NUL), and a name
+whose real path (symlinks resolved) lies outside its root is refused too, so a symlink inside
+the store cannot expose files elsewhere. A directory is an adapter if it holds a SeLoRA manifest
+(selora_config.json) or a dense PEFT LoRA (adapter_config.json); SeLoRA wins if it has both.
+
+The store reads the file system on every `find`, so adapters copied in while a server runs are
+found on their first request. It imports nothing from vLLM.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+from ..checkpoint import CheckpointError, Manifest, is_selora_checkpoint, load_checkpoint
+from ..checkpoint.format import check_against_base, read_manifest
+from ..peft_io import PEFT_CONFIG
+
+ENV_DIRS = "SELORA_ADAPTER_DIRS"  # os.pathsep-separated store roots, set by `selora-serve`
+MAX_NAME_LENGTH = 255
+
+
+class AdapterError(ValueError):
+    """An adapter cannot be served; `status` is the HTTP status it should map to."""
+
+    def __init__(self, name: str, reason: str, status: int = 400):
+        self.name = name
+        self.reason = reason
+        self.status = status
+        super().__init__(f"adapter {name!r}: {reason}")
+
+
+class AdapterNameError(AdapterError):
+    """A requested name is not a valid store name (it could leave the store)."""
+
+
+@dataclass(frozen=True)
+class StoredAdapter:
+    name: str
+    path: Path  # real path, inside `root`
+    root: Path
+    kind: Literal["selora", "peft"]
+
+
+def check_name(name: str) -> tuple[str, ...]:
+    """The path components of a store name; AdapterNameError unless it stays inside a root."""
+    if not isinstance(name, str) or not name:
+        raise AdapterNameError(str(name), "empty adapter name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise AdapterNameError(name[:40] + "...", f"name longer than {MAX_NAME_LENGTH} characters")
+    if "\x00" in name or "\\" in name:
+        raise AdapterNameError(name, "refused: NUL or backslash in adapter name")
+    if name.startswith("/") or os.path.isabs(name):
+        raise AdapterNameError(name, "refused: adapter names are relative to the adapter store, not paths")
+    parts = tuple(name.split("/"))
+    if any(p in ("", ".", "..") for p in parts):
+        raise AdapterNameError(name, "refused: '..', '.' and empty components would leave the adapter store")
+    return parts
+
+
+def describe(exc: CheckpointError) -> str:
+    """A CheckpointError as one line that names the file and field but not the host's paths."""
+    return f"{Path(exc.path).name}: {exc.field}: {exc.reason}"
+
+
+def _kind(path: Path) -> Literal["selora", "peft"] | None:
+    if is_selora_checkpoint(path):
+        return "selora"
+    if (path / PEFT_CONFIG).is_file():
+        return "peft"
+    return None
+
+
+class AdapterStore:
+    def __init__(self, roots: Sequence[str | Path]):
+        if not roots:
+            raise ValueError("an adapter store needs at least one directory")
+        resolved = []
+        for root in roots:
+            path = Path(root).expanduser()
+            if not path.is_dir():
+                raise NotADirectoryError(f"{path}: adapter store directory not found")
+            resolved.append(path.resolve())
+        self.roots: tuple[Path, ...] = tuple(resolved)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "AdapterStore | None":
+        value = (os.environ if environ is None else environ).get(ENV_DIRS, "")
+        roots = [r for r in value.split(os.pathsep) if r]
+        return cls(roots) if roots else None
+
+    def to_env(self) -> str:
+        return os.pathsep.join(str(r) for r in self.roots)
+
+    def find(self, name: str) -> StoredAdapter | None:
+        """The adapter called `name`, or None if no root holds one by that name."""
+        parts = check_name(name)
+        for root in self.roots:
+            candidate = root.joinpath(*parts)
+            if not candidate.is_dir():
+                continue
+            real = candidate.resolve()
+            if real != root and root not in real.parents:
+                raise AdapterNameError(name, "refused: it is a link to a directory outside the adapter store")
+            kind = _kind(real)
+            if kind is not None:
+                return StoredAdapter(name, real, root, kind)
+        return None
+
+    def names(self) -> list[str]:
+        """Every adapter name in the store (top-level and one nesting level), first root wins."""
+        seen: dict[str, None] = {}
+        for root in self.roots:
+            for name in _candidates(root):
+                if name in seen:
+                    continue
+                try:
+                    if self.find(name) is not None:
+                        seen[name] = None
+                except AdapterNameError:
+                    continue
+        return sorted(seen)
+
+    def manifests(self) -> dict[str, Manifest]:
+        """The manifests of every SeLoRA adapter whose manifest reads cleanly (cheap: JSON only)."""
+        out = {}
+        for name in self.names():
+            found = self.find(name)
+            if found is not None and found.kind == "selora":
+                try:
+                    out[name] = read_manifest(found.path)
+                except CheckpointError:
+                    continue
+        return out
+
+    def max_rank(self, default: int = 8) -> int:
+        ranks = [m.config.r for m in self.manifests().values()]
+        return max(ranks) if ranks else default
+
+
+def _candidates(root: Path) -> Iterable[str]:
+    for child in sorted(root.iterdir()):
+        if child.name.startswith(".") or not child.is_dir():
+            continue  # hidden entries include atomic writes still in progress
+        if _kind(child) is not None:
+            yield child.name
+        else:
+            for grandchild in sorted(child.iterdir()):
+                if not grandchild.name.startswith(".") and grandchild.is_dir():
+                    yield f"{child.name}/{grandchild.name}"
+
+
+def validate(name: str, path: str | Path, base_config, *, max_rank: int | None = None) -> Manifest:
+    """Fully validate the SeLoRA checkpoint at `path` for the base model `base_config`.
+
+    Reads every tensor and Omega checksum (what the engine would hit) so that a corrupt,
+    truncated or mismatched checkpoint is refused with its reason before it reaches the engine.
+    Raises AdapterError naming `name` and the reason.
+    """
+    try:
+        manifest = read_manifest(path)
+        if manifest.config.variant == "sedora":
+            raise AdapterError(
+                name, "SeDoRA (DoRA) adapters cannot fill a LoRA slot; serve it merged into the base "
+                "model instead: selora-serve --merge CKPT --model BASE",
+            )
+        if max_rank is not None and manifest.config.r > max_rank:
+            raise AdapterError(
+                name, f"rank r={manifest.config.r} exceeds the server's max LoRA rank {max_rank}; "
+                "restart with a larger --max-lora-rank",
+            )
+        check_against_base(manifest, base_config)
+        load_checkpoint(path)
+    except CheckpointError as exc:
+        raise AdapterError(name, describe(exc)) from None
+    return manifest

@@ -1,0 +1,50 @@
+"""Smoke test of benchmarks/serve.py --quick: two real servers (plain vLLM, selora-serve) on CPU.
+
+About 2 minutes on 2 cores (two server starts dominate). Checks the JSON contract, not speed:
+the ratios on a loaded CI machine are noise.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.vllm
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "serve.py"
+
+
+def test_quick_run_writes_the_json_contract(tmp_path):
+    pytest.importorskip("vllm")
+    pytest.importorskip("openai")
+    out = tmp_path / "serve.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json", str(out), "--plot-dir", str(tmp_path / "plots"),
+         "--work-dir", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    doc = json.loads(out.read_text())
+    assert last == doc
+    assert doc["benchmark"] == "serve" and doc["config"]["quick"]
+    (record,) = doc["records"]
+    assert record["n_adapters"] == 2
+    for key in ("throughput_ratio", "cold_ttft_ratio", "bytes_ratio", "host_memory_ratio"):
+        assert isinstance(record[key], float) and record[key] > 0, key
+    for system in ("dense", "selora"):
+        figures = record[system]
+        assert figures["cold_ttft_ms"] > 0 and figures["warm_ttft_ms"] > 0
+        for pop in ("uniform", "zipf"):
+            assert figures[pop]["requests"] == doc["config"]["requests"]
+            assert figures[pop]["output_tokens_per_s"] > 0
+    # Every trace request and cold probe decoded once; nothing was evicted at this size.
+    selora = record["selora"]
+    assert selora["decodes"] == selora["uniform"]["distinct_models"] + doc["config"]["probes"]
+    # Same adapter, same dtype: the spectral checkpoint is well under half the dense file.
+    assert record["bytes_ratio"] < 0.5
+    assert all(Path(p).is_file() for p in doc["plots"])

@@ -1,0 +1,63 @@
+"""`selora-serve` options -> vLLM argv and environment (no server started)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from selora_serve.serve.cli import build_parser, plan_from_args
+from selora_serve.serve.plan import has_option, merged_dir, plan_store, supported_rank
+
+
+def test_supported_rank_rounds_up():
+    assert [supported_rank(r) for r in (1, 2, 8, 9, 33, 512)] == [1, 8, 8, 16, 64, 512]
+    with pytest.raises(ValueError):
+        supported_rank(1000)
+
+
+def test_store_defaults_derive_from_the_store(checkpoints, tiny_model, tmp_path):
+    for name, ckpt in checkpoints.items():
+        shutil.copytree(ckpt, tmp_path / name)
+    launch = plan_store(str(tiny_model), [str(tmp_path)], cpu=True)
+    argv = launch.argv
+    assert argv[:2] == ["--model", str(tiny_model)] and "--enable-lora" in argv
+    assert argv[argv.index("--max-lora-rank") + 1] == "8"
+    assert argv[argv.index("--max-loras") + 1] == "3" and argv[argv.index("--max-cpu-loras") + 1] == "3"
+    assert argv[argv.index("--dtype") + 1] == "float32"
+    assert launch.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "1"
+    assert launch.env["SELORA_ADAPTER_DIRS"] == str(tmp_path.resolve())
+
+
+def test_user_options_win_and_pass_through(checkpoints, tiny_model, tmp_path):
+    shutil.copytree(checkpoints["haar"], tmp_path / "haar")
+    user = ["--max-loras=6", "--dtype", "bfloat16", "--tensor-parallel-size", "2", "--max-lora-rank", "64"]
+    argv = plan_store(str(tiny_model), [str(tmp_path)], user, cpu=True).argv
+    assert argv[-len(user):] == user
+    assert argv.count("--dtype") == 1 and not any(a.startswith("--max-loras") for a in argv[:-len(user)])
+    assert argv[argv.index("--max-cpu-loras") + 1] == "6"
+
+
+def test_cli_splits_own_options_from_vllm_options(checkpoints, tiny_model, tmp_path):
+    shutil.copytree(checkpoints["haar"], tmp_path / "haar")
+    args, rest = build_parser().parse_known_args(
+        ["--model", str(tiny_model), "--adapters", str(tmp_path), "--port", "9000", "--max-model-len", "512"]
+    )
+    assert rest == ["--port", "9000", "--max-model-len", "512"]
+    launch = plan_from_args(args, rest)
+    assert has_option(launch.argv, "--port") and has_option(launch.argv, "--enable-lora")
+    with pytest.raises(ValueError, match="--adapters"):
+        plan_from_args(build_parser().parse_args(["--model", "m"]), [])
+
+
+def test_merge_plan_serves_a_cached_merge_without_lora(checkpoints, tiny_model, tmp_path):
+    args = build_parser().parse_args(["--merge", str(checkpoints["haar"]), "--model", str(tiny_model),
+                                      "--merge-cache", str(tmp_path)])
+    launch = plan_from_args(args, [])
+    out = merged_dir(checkpoints["haar"], tiny_model, tmp_path)
+    assert launch.argv[:2] == ["--model", str(out)] and (out / "config.json").is_file()
+    assert not has_option(launch.argv, "--enable-lora") and "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in launch.env
+    assert launch.argv[launch.argv.index("--served-model-name") + 1] == "haar"
+    assert any("cached" in n for n in plan_from_args(args, []).notes)
+    with pytest.raises(ValueError, match="cannot enable LoRA"):
+        plan_from_args(args, ["--enable-lora"])

@@ -1,0 +1,133 @@
+"""Every fast decoding path equals its plain reference (fp32, 1e-6), and the benchmark runs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from selora_serve.spectral import fourier, materialise as mat, wavelet
+from selora_serve.spectral.basis import Basis
+from selora_serve.spectral.materialise import (
+    layout_for,
+    materialise,
+    materialise_chunks,
+    materialise_reference,
+    materialise_rows,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SHAPES = [(7, 33), (8, 64), (32, 96), (96, 32), (1, 1), (2, 5)]
+FAST = [Basis("wavelet", "haar"), Basis("fourier")]
+OTHER = [Basis("wavelet", "db4"), Basis("wavelet", "bior2.2"), Basis("wavelet", "coif1")]
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> None:
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * max(1.0, want.abs().max().item()))
+
+
+@pytest.fixture(params=[1 << 21, 500, 64], ids=["one-chunk", "few-rows", "one-row"])
+def chunking(request, monkeypatch):
+    """Decode in one chunk, in chunks of a few matrices (with a remainder), and one by one."""
+    monkeypatch.setattr(mat, "_CPU_CHUNK_ENTRIES", request.param)
+
+
+def _check_materialise(basis: Basis, shape, lead) -> None:
+    layout = layout_for(basis, 5, 0.6, shape)
+    coef = torch.randn(*lead, layout.k, generator=torch.Generator().manual_seed(0))
+    got = materialise(coef, layout)
+    assert got.shape == (*lead, *shape) and got.dtype == torch.float32 and got.is_contiguous()
+    _close(got, materialise_reference(coef, layout))
+
+
+@pytest.mark.parametrize("basis", FAST, ids=lambda b: b.label)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("lead", [(), (5,), (2, 3)])
+def test_fast_decoders_equal_reference(basis, shape, lead, chunking):
+    _check_materialise(basis, shape, lead)
+
+
+@pytest.mark.parametrize("basis", OTHER, ids=lambda b: b.label)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("lead", [(), (5,)])
+def test_other_wavelets_equal_reference(basis, shape, lead):
+    """db4 & co. gather the spectrum and run ptwt: the same chunked loop, another finish."""
+    _check_materialise(basis, shape, lead)
+
+
+@pytest.mark.parametrize("basis", FAST, ids=lambda b: b.label)
+def test_rows_from_a_list_and_in_low_precision(basis, chunking):
+    """materialise_rows decodes per-module tensors (any float dtype) without stacking them."""
+    layout = layout_for(basis, 9, 0.4, (32, 96))
+    rows = [torch.randn(layout.k, dtype=torch.float64) for _ in range(4)]
+    want = materialise_reference(torch.stack(rows), layout)
+    _close(materialise_rows(rows, layout), want)
+    got = materialise_rows(rows, layout, torch.bfloat16)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want.to(torch.bfloat16))
+    assert materialise_rows([], layout).shape == (0, 32, 96)
+    chunks = materialise_chunks(rows, layout)
+    assert len(chunks) == (4 if mat._CPU_CHUNK_ENTRIES < 2 * 32 * 96 else 1)
+    torch.testing.assert_close(torch.cat(chunks), materialise_rows(rows, layout), rtol=0, atol=0)
+    assert materialise_chunks([], layout) == []
+
+
+def test_materialise_rejects_wrong_length():
+    layout = layout_for(FAST[0], 0, 0.6, (8, 64))
+    with pytest.raises(ValueError, match="coefficients"):
+        materialise_rows([torch.zeros(layout.k), torch.zeros(layout.k - 1)], layout)
+
+
+@pytest.mark.parametrize("shape", [(7, 33), (8, 64), (32, 96), (96, 32)])
+def test_haar_butterfly_equals_ptwt(shape):
+    spectrum = torch.randn(3, *wavelet.spectral_shape(shape, "haar"))
+    _close(wavelet.haar_idwt2(spectrum, shape), wavelet.idwt2(spectrum, "haar", shape))
+
+
+def test_haar_block_positions_are_a_permutation():
+    positions = wavelet.haar_block_positions((6, 10))
+    assert sorted(positions.tolist()) == list(range(60))
+    with pytest.raises(ValueError, match="even"):
+        wavelet.haar_block_positions((5, 10))
+
+
+@pytest.mark.parametrize("shape", [(7, 33), (8, 64), (32, 96), (96, 32), (1, 1)])
+def test_fourier_even_half_equals_complex_ifft2(shape):
+    spectrum = torch.randn(4, *shape)
+    _close(fourier.ifft2_real_fast(spectrum), fourier.ifft2_real(spectrum))
+    m, n = shape
+    half = (m, n // 2 + 1) if n >= m else (m // 2 + 1, n)  # halved along the longer side
+    assert fourier.half_shape(shape) == half
+    positions = fourier.even_half_positions(shape)
+    assert positions.shape == (2, *half) and positions.max() < m * n
+
+
+def test_clear_caches_forgets_tables():
+    layout = layout_for(FAST[1], 3, 0.6, (8, 64))
+    materialise(torch.zeros(layout.k), layout)
+    assert mat._decoder.cache_info().currsize > 0
+    mat.clear_caches()
+    assert mat._decoder.cache_info().currsize == 0
+
+
+def test_benchmark_quick_smoke(tmp_path):
+    out = tmp_path / "decode.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--quick", "--bases", "haar,fourier",
+         "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    records = json.loads(out.read_text())
+    assert records == last["results"]
+    assert [r["basis"] for r in records] == ["haar", "fourier"]
+    for r in records:
+        for field in ("decode_ms", "copy_ms", "dense_load_ms", "cold_decode_ms"):
+            assert np.isfinite(r[field]) and r[field] > 0
+        assert r["device"] == "cpu" and r["coef_bytes"] < r["dense_bytes"]
