@@ -144,7 +144,8 @@ def test_fresh_adapters_decode_load_evict_and_gauges_stay_consistent(server):
 
     assert delta("selora_adapter_decode_seconds_count") == len(sources)
     assert delta("selora_adapter_decode_seconds_sum") > 0
-    assert after.value("selora_adapter_decode_seconds_bucket", le="+Inf") == after.value("selora_adapter_decode_seconds_count")
+    count = after.value("selora_adapter_decode_seconds_count")
+    assert after.value("selora_adapter_decode_seconds_bucket", le="+Inf") == count
     assert delta("selora_adapter_loads_total", source="selora") == len(sources)
     assert delta("selora_adapter_loads_total", source="peft") == 0
     assert delta("selora_adapter_evictions_total", tier="host") >= len(sources) - HOST_CACHE
@@ -167,6 +168,7 @@ def test_admin_unload_is_not_an_eviction_and_frees_the_gauges(server):
     assert status == 200, text
     after = Scrape(server)
     for tier in ("slot", "host"):
-        assert after.value("selora_adapter_evictions_total", tier=tier) == before.value("selora_adapter_evictions_total", tier=tier)
-        assert after.value("selora_adapters_resident", tier=tier) == before.value("selora_adapters_resident", tier=tier) - 1
+        evictions, resident = "selora_adapter_evictions_total", "selora_adapters_resident"
+        assert after.value(evictions, tier=tier) == before.value(evictions, tier=tier)
+        assert after.value(resident, tier=tier) == before.value(resident, tier=tier) - 1
     assert json.loads(text) == {"name": name, "unloaded": True}
