@@ -36,7 +36,6 @@ FORMAT_VERSION = 1
 # allocated, so a hostile manifest cannot make a loader reserve huge buffers.
 MAX_FEATURES = 1 << 20
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_ST_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
 class CheckpointError(ValueError):
@@ -204,42 +203,45 @@ def _expected_tensors(manifest: Manifest) -> dict[str, tuple[int]]:
 
 
 def _read_tensors(manifest: Manifest) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
     file = manifest.path / COEF_FILE
-    if not file.is_file():
-        raise CheckpointError(file, "(file)", "missing")
     expected = _expected_tensors(manifest)
     try:
-        with safe_open(str(file), framework="pt") as fh:
-            keys = set(fh.keys())
-            missing = sorted(set(expected) - keys)
-            if missing:
-                raise CheckpointError(file, missing[0], f"tensor missing ({len(missing)} missing in all)")
-            extra = sorted(keys - set(expected))
-            if extra:
-                raise CheckpointError(file, extra[0], "unexpected tensor (not declared by the manifest)")
-            for key, shape in expected.items():
-                piece = fh.get_slice(key)
-                got_shape, got_dtype = tuple(piece.get_shape()), _ST_DTYPES.get(piece.get_dtype(), piece.get_dtype())
-                if got_shape != shape:
-                    raise CheckpointError(
-                        file, key,
-                        f"has {got_shape[0] if len(got_shape) == 1 else got_shape} coefficients, expected "
-                        f"k = {shape[0]} (round((1 - eta) * m * n) for this module)",
-                    )
-                if got_dtype != manifest.coefficient_dtype:
-                    raise CheckpointError(file, key, f"dtype {got_dtype}, manifest says {manifest.coefficient_dtype}")
-            tensors = {key: fh.get_tensor(key) for key in expected}
+        # One read, one parse: this runs in the engine's loop on every adapter load.
+        data = file.read_bytes()
+        tensors = load(data)
+    except FileNotFoundError:
+        raise CheckpointError(file, "(file)", "missing") from None
     except SafetensorError as exc:
         raise CheckpointError(file, "(file)", f"corrupt or truncated safetensors ({exc})") from None
     except OSError as exc:
         raise CheckpointError(file, "(file)", f"cannot read ({exc})") from None
-    for key, tensor in tensors.items():
-        if not torch.isfinite(tensor).all():
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise CheckpointError(file, key, f"{bad} NaN/Inf value(s); coefficients must be finite")
-    return tensors
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise CheckpointError(file, missing[0], f"tensor missing ({len(missing)} missing in all)")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise CheckpointError(file, extra[0], "unexpected tensor (not declared by the manifest)")
+    want_dtype = DTYPES[manifest.coefficient_dtype]
+    for key, shape in expected.items():
+        got = tensors[key]
+        if tuple(got.shape) != shape:
+            raise CheckpointError(
+                file, key,
+                f"has {got.shape[0] if got.ndim == 1 else tuple(got.shape)} coefficients, expected "
+                f"k = {shape[0]} (round((1 - eta) * m * n) for this module)",
+            )
+        if got.dtype != want_dtype:
+            name = str(got.dtype).removeprefix("torch.")
+            raise CheckpointError(file, key, f"dtype {name}, manifest says {manifest.coefficient_dtype}")
+    if not torch.isfinite(torch.cat([t.reshape(-1) for t in tensors.values()])).all():
+        for key in expected:  # slow path, only to name the culprit
+            bad = int((~torch.isfinite(tensors[key])).sum())
+            if bad:
+                raise CheckpointError(file, key, f"{bad} NaN/Inf value(s); coefficients must be finite")
+    return {key: tensors[key] for key in expected}
 
 
 def verify_omega(manifest: Manifest) -> None:
