@@ -11,7 +11,7 @@ For each N in the sweep (default 1, 8, 64, 256) the same request trace runs agai
            checkpoint on first request, the worker decodes it in memory into vLLM's LoRA slots),
 
 with identical engine options (--max-loras slots, --max-cpu-loras host cache, --max-lora-rank,
---max-num-seqs, --dtype, context length). Two ceilings run the same trace once (N does not apply):
+--max-num-seqs, --dtype, context length). Two ceilings run the trace once, after a warm-up request:
 `base` (plain vLLM, LoRA disabled) and `merged` (`selora-serve --merge`: one adapter merged into W0).
 
 The dense and selora servers run side by side and the phases alternate between them (the order
@@ -191,16 +191,16 @@ def start_system(system: str, ws: Workspace, args, logs: Path) -> launch.ServerP
     return launch.start(cmd, logs / f"{system}.log", env=env, timeout=args.startup_timeout, name=system)
 
 
-def tree_rss(server: launch.ServerProcess) -> int:
-    """Resident bytes of the server's API process and every process under it (engine, workers)."""
+def tree_rss(server: launch.ServerProcess) -> tuple[int, int]:
+    """Resident bytes of the server's API process, and of every process under it (engine, workers)."""
     root = psutil.Process(server.process.pid)
-    total = 0
-    for proc in [root, *root.children(recursive=True)]:
+    below = 0
+    for proc in root.children(recursive=True):
         try:
-            total += proc.memory_info().rss
+            below += proc.memory_info().rss
         except psutil.NoSuchProcess:
             continue
-    return total
+    return root.memory_info().rss, below
 
 
 def decode_times(server: launch.ServerProcess) -> list[float]:
@@ -298,8 +298,10 @@ def measure_memory(server, primer: str, names: list[str], args, seed: int) -> di
     asyncio.run(sequential_ttft(server, names, prompts(len(names), args.prompt_len, args.vocab, seed + 1)))
     time.sleep(1)
     after = tree_rss(server)
-    return {"cached_adapters": len(names), "rss_before_bytes": before, "rss_after_bytes": after,
-            "host_bytes_per_adapter": (after - before) // max(1, len(names))}
+    m = max(1, len(names))
+    return {"cached_adapters": len(names), "rss_before_bytes": sum(before), "rss_after_bytes": sum(after),
+            "host_bytes_per_adapter": (sum(after) - sum(before)) // m,
+            "api_bytes_per_adapter": (after[0] - before[0]) // m, "engine_bytes_per_adapter": (after[1] - before[1]) // m}
 
 
 def measure_n(server, system: str, n: int, args, seed: int) -> dict:
@@ -325,6 +327,7 @@ def measure_n(server, system: str, n: int, args, seed: int) -> dict:
 
 
 def measure_ceiling(server, system: str, model: str, args, seed: int) -> dict:
+    asyncio.run(sequential_ttft(server, [model], prompts(1, args.prompt_len, args.vocab, seed + 4)))  # warm-up
     models = [model] * args.requests
     ids = prompts(args.requests, args.prompt_len, args.vocab, seed + 5)
     out = {"system": system, "uniform": asyncio.run(run_trace(server, models, ids, args.output_len, args.concurrency))}
@@ -367,7 +370,8 @@ def print_table(doc: dict) -> None:
           f"{sizes['dense_disk_bytes'] / 1024:.0f} KiB ({sizes['dense_tensor_bytes'] / 1024:.0f} KiB of tensors)")
     for system, m in doc["memory"].items():
         print(f"host memory per cached adapter, {system}: {m['host_bytes_per_adapter'] / 1024:.0f} KiB "
-              f"(RSS delta over {m['cached_adapters']} adapters)")
+              f"(RSS delta over {m['cached_adapters']} adapters; API server {m['api_bytes_per_adapter'] / 1024:.0f}, "
+              f"engine {m['engine_bytes_per_adapter'] / 1024:.0f})")
     print(f"  in spectral form (the next step) a cached adapter would hold {sizes['selora_disk_bytes'] / 1024:.0f} KiB")
     header = ("N", "system", "pop", "req/s", "tok/s", "TTFT50", "TTFT99", "ITL50", "cold", "warm")
     print("\n" + " ".join(f"{h:>8}" for h in header) + "   (latencies in ms)")
@@ -419,6 +423,7 @@ def plot(doc: dict, out_dir: Path) -> list[str]:
         if key == "output_tokens_per_s":
             for system, c in doc["ceilings"].items():
                 ax.axhline(c["uniform"][key], color="grey", ls=":" if system == "base" else "-.", label=f"{system} (ceiling)")
+        ax.set_ylim(bottom=0)
         ax.set_xscale("log", base=2)
         ax.set_xticks(ns, [str(n) for n in ns])
         ax.set_xlabel("adapters (N)")
@@ -464,8 +469,8 @@ def parse_args(argv):
                    help="more vLLM options for every system, one shell-quoted string (e.g. on a GPU: "
                         "'--gpu-memory-utilization 0.85 --max-model-len 2048')")
     p.add_argument("--seed", type=int, default=0, help="seed of adapters, traces and prompts (default: %(default)s)")
-    p.add_argument("--work-dir", type=Path, help="where the model and adapters are built and kept "
-                   "(default: a temporary directory, removed afterwards)")
+    p.add_argument("--work-dir", type=Path, help="keep the model, adapters and server logs here (in a sub-directory "
+                   "per model, rank, eta and seed), reused by later runs (default: a temporary directory)")
     p.add_argument("--startup-timeout", type=float, default=launch.STARTUP_TIMEOUT_S, help="seconds per server start")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the JSON document to PATH, atomically")
     p.add_argument("--plot-dir", type=Path, default=Path(__file__).parent / "results",
@@ -550,8 +555,9 @@ def run(args, root: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.work_dir:
-        args.work_dir.mkdir(parents=True, exist_ok=True)
-        doc = run(args, args.work_dir)
+        key = f"{args.model.name if args.model else args.model_size}-r{args.rank}-eta{args.eta}-seed{args.seed}"
+        (args.work_dir / key).mkdir(parents=True, exist_ok=True)
+        doc = run(args, args.work_dir / key)
     else:
         with tempfile.TemporaryDirectory(prefix="selora-bench-serve-") as tmp:
             doc = run(args, Path(tmp))

@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve this one checkpoint merged into --model's weights, with LoRA disabled")
     parser.add_argument("--merge-cache", metavar="DIR", default=None,
                         help="where merged models are kept (default: ~/.cache/selora-serve/merged)")
+    parser.add_argument("--tenants", metavar="FILE",
+                        help="tenants TOML file: API keys (sha256) and the adapters each tenant may use, plus the "
+                        "admin key (see `python -m selora_serve.tenants --help`); replaces --api-key")
+    parser.add_argument("--max-body-bytes", type=int, default=None, metavar="N",
+                        help="largest request body accepted, in bytes (default 1 MiB; larger answers 413)")
     parser.add_argument("--demo", action="store_true",
                         help="build a tiny local base model and three demo adapters, and serve them on CPU")
     parser.add_argument("--demo-dir", metavar="DIR", default=None,
@@ -57,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def plan_from_args(args: argparse.Namespace, passthrough: list[str]):
+    from .plan import plan_guard
+
+    return plan_guard(_plan(args, passthrough), args.tenants, args.max_body_bytes)
+
+
+def _plan(args: argparse.Namespace, passthrough: list[str]):
     from .plan import default_cache, plan_merge, plan_store
 
     if args.demo:
@@ -67,7 +78,7 @@ def plan_from_args(args: argparse.Namespace, passthrough: list[str]):
         for flag, value in DEMO_VLLM_OPTIONS:
             if flag not in {a.split("=", 1)[0] for a in passthrough}:
                 extra += [flag] if value is None else [flag, value]
-        return plan_store(str(model), [str(store)], extra + passthrough)
+        return plan_store(str(model), [str(store)], extra + passthrough, pinned=args.pin)
     if not args.model:
         raise ValueError("--model BASE is required (or use --demo)")
     if args.merge:
@@ -83,13 +94,15 @@ def launch(plan) -> None:
     """Run vLLM's OpenAI server in this process with `plan`'s argv and environment.
 
     Inside `metrics.multiprocess_dir`: the adapter metrics taken in the engine's worker process
-    reach the API server's /metrics only through prometheus-client's multiprocess files.
+    reach the API server's /metrics only through prometheus-client's multiprocess files. Inside
+    `resolver.snapshot_dir`: the private copies of loaded adapters go when the server does.
     """
     from selora_serve.vllm_ext.metrics import multiprocess_dir
+    from selora_serve.vllm_ext.resolver import snapshot_dir
 
     os.environ.update(plan.env)
     sys.argv = ["selora-serve", *plan.argv]
-    with multiprocess_dir():
+    with multiprocess_dir(), snapshot_dir():
         from vllm.entrypoints.launchers.api_server.entry import main as vllm_main
 
         vllm_main()

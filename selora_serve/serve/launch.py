@@ -41,14 +41,14 @@ class ServerProcess:
         """A synchronous OpenAI client for this server (no retries: a failure is a result)."""
         from openai import OpenAI
 
-        kwargs = {"max_retries": 0, "timeout": 120, **kwargs}
-        return OpenAI(base_url=f"{self.url}/v1", api_key="unused", **kwargs)
+        kwargs = {"max_retries": 0, "timeout": 120, "api_key": "unused", **kwargs}
+        return OpenAI(base_url=f"{self.url}/v1", **kwargs)
 
     def async_client(self, **kwargs):
         from openai import AsyncOpenAI
 
-        kwargs = {"max_retries": 0, "timeout": 120, **kwargs}
-        return AsyncOpenAI(base_url=f"{self.url}/v1", api_key="unused", **kwargs)
+        kwargs = {"max_retries": 0, "timeout": 120, "api_key": "unused", **kwargs}
+        return AsyncOpenAI(base_url=f"{self.url}/v1", **kwargs)
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])

@@ -9,6 +9,10 @@ reaches vLLM unchanged. Store mode enables LoRA with runtime updating (vLLM 0.32
 resolvers only then), derives the rank limit and slot counts from the store, and runs float32 on
 CPU (vLLM's CPU backend has no bf16 kernels on many hosts). Merge mode merges one checkpoint
 into the base weights once (cached by content) and serves that with LoRA off.
+
+`plan_guard` adds the request guard to either (vllm_ext/guard.py: body size limit, and with
+--tenants per-tenant API keys and adapters); the tenants file is validated here, before vLLM
+starts. At most --max-loras - 1 adapters may be pinned (vLLM's worker fails once every slot is).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..vllm_ext.admin import ENV_PINNED, PLUGIN_NAME as ADMIN_PLUGIN
+from ..vllm_ext.guard import ENV_MAX_BODY, ENV_TENANTS, PLUGIN_NAME as GUARD_PLUGIN
 from ..vllm_ext.resolver import ENV_MAX_RANK
 from ..vllm_ext.store import ENV_DIRS, AdapterStore
 
@@ -73,7 +78,7 @@ def plugins_allowlist(environ=os.environ) -> str:
         names = [n for n in environ["VLLM_PLUGINS"].split(",") if n]
     else:
         names = [ep.name for ep in entry_points(group="vllm.general_plugins")]
-    for name in ("selora", ADMIN_PLUGIN):
+    for name in ("selora", ADMIN_PLUGIN, GUARD_PLUGIN):
         if name not in names:
             names.append(name)
     return ",".join(names)
@@ -107,7 +112,12 @@ def plan_store(
     notes: list[str] = []
     rank_limit = option_value(argv, "--max-lora-rank")
     rank = int(rank_limit) if rank_limit else supported_rank(store.max_rank())
-    slots = max(1, min(n, MAX_SLOTS))
+    slots = max(1, min(n, MAX_SLOTS), len(pinned) + 1)  # one slot always stays unpinned
+    if has_option(argv, "--max-loras") and len(pinned) > int(option_value(argv, "--max-loras") or 1) - 1:
+        raise ValueError(
+            f"--pin names {len(pinned)} adapter(s) but --max-loras {option_value(argv, '--max-loras')} allows at "
+            "most --max-loras - 1 pins (one LoRA slot must stay free for the other adapters)"
+        )
     host = max(slots, min(n, MAX_HOST_CACHE))
     if has_option(argv, "--max-loras") and not has_option(argv, "--max-cpu-loras"):
         host = max(host, int(option_value(argv, "--max-loras") or 1))
@@ -126,6 +136,27 @@ def plan_store(
     if pinned:
         env[ENV_PINNED] = ",".join(pinned)
     return Launch(["--model", model] + _defaults(argv, defaults, notes) + argv, env, notes)
+
+
+def plan_guard(launch: Launch, tenants: str | None = None, max_body_bytes: int | None = None,
+               environ=os.environ) -> Launch:
+    """Add the request guard to `launch`; `tenants` (a TOML file) is validated now."""
+    from ..tenants import load_tenants
+
+    if tenants:
+        if has_option(launch.argv, "--api-key") or environ.get("VLLM_API_KEY"):
+            raise ValueError("--tenants replaces vLLM's --api-key (and VLLM_API_KEY): pass only one; the tenants "
+                             "file's [admin] key_sha256 is the operator's key")
+        loaded = load_tenants(tenants)
+        launch.env[ENV_TENANTS] = str(Path(tenants).resolve())
+        launch.notes.append(f"--tenants {tenants}: {len(loaded.tenants)} tenant(s), "
+                            f"admin key {'set' if loaded.admin else 'not set (admin routes refused)'}")
+    if max_body_bytes is not None:
+        if max_body_bytes < 1024:
+            raise ValueError(f"--max-body-bytes {max_body_bytes}: expected at least 1024")
+        launch.env[ENV_MAX_BODY] = str(max_body_bytes)
+    launch.env["VLLM_PLUGINS"] = plugins_allowlist(environ)
+    return launch
 
 
 def merged_dir(ckpt: str | Path, model: str | Path, cache: str | Path) -> Path:

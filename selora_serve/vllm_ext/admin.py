@@ -6,6 +6,10 @@
     POST /v1/selora/adapters/{name}/pin      load and pin (never evicted from cache or slot)
     POST /v1/selora/adapters/{name}/unpin    unpin (vLLM has no unpin: remove, then load again)
 
+Pins are capped at `--max-loras` - 1: with every slot pinned vLLM's worker raises "All items are
+pinned" in the next step that needs another adapter, which stops the engine; `pin` answers 409
+instead (and `selora-serve --pin` refuses too many at start-up).
+
 State per adapter: `loaded` (vLLM knows the name), `host_cache` (its weights are in the engine's
 LoRA cache, from `engine_client.list_loras()`), `pinned` (pinned through this API or --pin).
 Which cached adapters occupy a slot at this instant is not exposed by vLLM 0.32's engine client
@@ -55,6 +59,10 @@ class AdminPlugin:
         self.store = AdapterStore.from_env()
         self.pinned: set[str] = set()
         self.engine = None
+        # One admin mutation at a time: an unload racing a pin could otherwise leave the worker
+        # with a pin the admin state no longer counts, and a worker whose LoRA slots are all
+        # pinned fails its next step for every tenant ("All items are pinned").
+        self.mutating = asyncio.Lock()
 
     def attach_router(self, app) -> None:
         from fastapi import APIRouter, Request
@@ -107,7 +115,7 @@ class AdminPlugin:
         @router.post(PREFIX + "/{name:path}/unload")
         async def unload(request: Request, name: str):
             models = request.app.state.openai_serving_models
-            async with models.lora_resolver_lock[name]:
+            async with self.mutating, models.lora_resolver_lock[name]:
                 lora = models.lora_requests.pop(name, None)
                 if lora is None:
                     return error(404, f"adapter {name!r} is not loaded", "NotFoundError")
@@ -117,22 +125,28 @@ class AdminPlugin:
 
         @router.post(PREFIX + "/{name:path}/pin")
         async def pin(request: Request, name: str):
-            lora, err = await resolve(request, name)
-            if err:
-                return err
-            await self.engine.pin_lora(lora.lora_int_id)
-            self.pinned.add(name)
+            async with self.mutating:
+                limit = self.engine.vllm_config.lora_config.max_loras - 1
+                if name not in self.pinned and len(self.pinned) >= limit:
+                    return error(409, f"cannot pin {name!r}: {len(self.pinned)} adapter(s) pinned already and at most "
+                                 f"--max-loras - 1 = {limit} may be, so that one LoRA slot stays free", "ConflictError")
+                lora, err = await resolve(request, name)
+                if err:
+                    return err
+                await self.engine.pin_lora(lora.lora_int_id)
+                self.pinned.add(name)
             return {"name": name, "pinned": True}
 
         @router.post(PREFIX + "/{name:path}/unpin")
         async def unpin(request: Request, name: str):
             models = request.app.state.openai_serving_models
-            lora = models.lora_requests.get(name)
-            if lora is None or name not in self.pinned:
-                return error(404, f"adapter {name!r} is not pinned", "NotFoundError")
-            await self.engine.remove_lora(lora.lora_int_id)
-            await self.engine.add_lora(lora)
-            self.pinned.discard(name)
+            async with self.mutating:
+                lora = models.lora_requests.get(name)
+                if lora is None or name not in self.pinned:
+                    return error(404, f"adapter {name!r} is not pinned", "NotFoundError")
+                await self.engine.remove_lora(lora.lora_int_id)
+                await self.engine.add_lora(lora)
+                self.pinned.discard(name)
             return {"name": name, "pinned": False}
 
         app.include_router(router)

@@ -8,6 +8,7 @@
     selora_adapter_requests_total{adapter}          counter    finished requests, by requested model name
     selora_adapter_prompt_tokens_total{adapter}     counter    their prompt tokens
     selora_adapter_generated_tokens_total{adapter}  counter    their generated (completion) tokens
+    selora_tenant_requests_total{tenant, status}    counter    HTTP requests per tenant (--tenants), by status
 
 Tiers. `host` is vLLM's LoRA cache in host memory (`--max-cpu-loras` LoRAModels, every resident
 adapter, including those in a slot); `slot` is the subset copied into the `--max-loras` slots the
@@ -116,6 +117,8 @@ def frontend_metrics() -> SimpleNamespace:
             prompt_tokens=Counter("selora_adapter_prompt_tokens", "Prompt tokens per adapter.", ["adapter"]),
             generated_tokens=Counter("selora_adapter_generated_tokens", "Generated tokens per adapter.",
                                      ["adapter"]),
+            tenant_requests=Counter("selora_tenant_requests", "HTTP requests per tenant, by response status.",
+                                    ["tenant", "status"]),
         )
     return _frontend
 
@@ -144,6 +147,11 @@ def count_finished(req_state) -> None:
         m.prompt_tokens.labels(adapter=adapter).inc(req_state.prompt_len or 0)
     if req_state.detokenizer is not None:
         m.generated_tokens.labels(adapter=adapter).inc(req_state.detokenizer.num_output_tokens())
+
+
+def count_tenant_request(tenant: str, status: int) -> None:
+    """Count one HTTP request of `tenant` (guard.py; "unauthenticated" for a refused key)."""
+    frontend_metrics().tenant_requests.labels(tenant=tenant, status=str(status)).inc()
 
 
 # --- Worker: residency and evictions -----------------------------------------------------

@@ -2,7 +2,7 @@
 
 vLLM calls it in the API server, the engine core and every worker, possibly more than once per
 process, so it is idempotent and cheap: it checks the hooked internals (`pin`), patches vLLM's
-LoRA loading (`loading`, `frontend`) and where the adapter metrics are taken (`metrics`), and registers the store resolver when SELORA_ADAPTER_DIRS
+LoRA loading (`loading`, `frontend`), fixes its CPU LoRA kernels for base-model tokens (`cpu_lora`) and where the adapter metrics are taken (`metrics`), and registers the store resolver when SELORA_ADAPTER_DIRS
 is set. A changed vLLM makes it raise, which stops the engine with the reason instead of
 serving adapters wrongly.
 """
@@ -21,7 +21,7 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    from . import frontend, loading, metrics, pin, resolver
+    from . import cpu_lora, frontend, loading, metrics, pin, resolver
 
     pin.require_hooks()
     if not pin.version_matches():
@@ -32,6 +32,7 @@ def register() -> None:
             pin.SUPPORTED_VLLM, vllm.__version__,
         )
     loading.install()
+    cpu_lora.install()
     frontend.install()
     metrics.install()
     resolver.register_from_env()

@@ -10,18 +10,57 @@ answers 404 if no resolver knows the name); an exception raised here propagates 
 request handler, and we raise vLLM's own `VLLMValidationError` so its exception handlers answer
 400 with an OpenAI-style body naming the adapter and the reason. (Returning the adapter and letting
 the engine fail would give only vLLM's generic "was found but could not be loaded".)
+
+The LoRARequest returned points at a private snapshot of the adapter (`store.snapshot`, under
+SELORA_SNAPSHOT_DIR), validated there. vLLM's worker reloads an adapter from its path whenever
+its host cache evicted it, inside a model step where a failure would stop the engine for every
+tenant; from the snapshot that reload cannot meet a file deleted, truncated or half-replaced in
+the store since. Snapshots are content-addressed and kept while the server runs: a request still
+in flight may make the worker reload an adapter after it was unloaded, from that path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import functools
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
-from .store import ENV_DIRS, AdapterError, AdapterStore, validate
+from .store import ENV_DIRS, AdapterError, AdapterStore, snapshot, validate
 
 RESOLVER_NAME = "selora-store"
 ENV_MAX_RANK = "SELORA_MAX_LORA_RANK"  # set by `selora-serve`; checked before the engine is asked
+ENV_SNAPSHOTS = "SELORA_SNAPSHOT_DIR"  # set by `selora-serve`; else a temporary directory per process
+_own_root: Path | None = None
+
+
+@contextlib.contextmanager
+def snapshot_dir(environ=os.environ):
+    """Run the body with SELORA_SNAPSHOT_DIR set to a fresh directory, removed afterwards."""
+    if environ.get(ENV_SNAPSHOTS):
+        yield environ[ENV_SNAPSHOTS]
+        return
+    path = tempfile.mkdtemp(prefix="selora-serve-snapshots-")
+    environ[ENV_SNAPSHOTS] = path
+    try:
+        yield path
+    finally:
+        environ.pop(ENV_SNAPSHOTS, None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def snapshot_root() -> Path:
+    global _own_root
+    if os.environ.get(ENV_SNAPSHOTS):
+        return Path(os.environ[ENV_SNAPSHOTS])
+    if _own_root is None:  # plain `vllm serve` with this plugin: our own, removed at exit
+        _own_root = Path(tempfile.mkdtemp(prefix="selora-serve-snapshots-"))
+        atexit.register(shutil.rmtree, _own_root, True)
+    return _own_root
 
 
 @functools.lru_cache(maxsize=4)
@@ -46,10 +85,11 @@ def _make_resolver_class():
             found = self.store.find(lora_name)
             if found is None:
                 return None
+            path = snapshot(found, snapshot_root())
             if found.kind == "selora":
-                validate(lora_name, found.path, _base_config(base_model_name), max_rank=self.max_rank)
+                validate(lora_name, path, _base_config(base_model_name), max_rank=self.max_rank)
             # The id is a placeholder: vLLM assigns the real one before loading.
-            return LoRARequest(lora_name=lora_name, lora_int_id=1, lora_path=str(found.path))
+            return LoRARequest(lora_name=lora_name, lora_int_id=1, lora_path=str(path))
 
         async def resolve_lora(self, base_model_name: str, lora_name: str):
             try:
@@ -75,4 +115,4 @@ def register_from_env() -> bool:
     return True
 
 
-__all__ = ["ENV_DIRS", "ENV_MAX_RANK", "RESOLVER_NAME", "register_from_env"]
+__all__ = ["ENV_DIRS", "ENV_MAX_RANK", "ENV_SNAPSHOTS", "RESOLVER_NAME", "register_from_env", "snapshot_dir"]

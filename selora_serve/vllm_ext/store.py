@@ -13,21 +13,32 @@ the store cannot expose files elsewhere. A directory is an adapter if it holds a
 
 The store reads the file system on every `find`, so adapters copied in while a server runs are
 found on their first request. It imports nothing from vLLM.
+
+`snapshot(found, root)` copies an adapter's files into a private directory, reading them through
+one open descriptor of the adapter's directory: a directory swapped by rename mid-copy (as every
+atomic write here does) yields the old files or the new ones, never some of each. The server
+validates and loads that copy, so what was validated is what vLLM loads, and an adapter deleted
+or replaced in the store later changes nothing until it is unloaded and requested again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
-from ..checkpoint import CheckpointError, Manifest, is_selora_checkpoint, load_checkpoint
+from ..checkpoint import COEF_FILE, CONFIG_FILE, CheckpointError, Manifest, is_selora_checkpoint, load_checkpoint
 from ..checkpoint.format import check_against_base, read_manifest
 from ..peft_io import PEFT_CONFIG
 
 ENV_DIRS = "SELORA_ADAPTER_DIRS"  # os.pathsep-separated store roots, set by `selora-serve`
 MAX_NAME_LENGTH = 255
+MAX_SNAPSHOT_BYTES = 8 << 30  # an adapter directory larger than this is refused, not copied
 
 
 class AdapterError(ValueError):
@@ -146,6 +157,55 @@ class AdapterStore:
     def max_rank(self, default: int = 8) -> int:
         ranks = [m.config.r for m in self.manifests().values()]
         return max(ranks) if ranks else default
+
+
+def snapshot(found: StoredAdapter, root: str | Path) -> Path:
+    """Copy `found`'s files (a SeLoRA checkpoint's two, every regular file of a PEFT one) into a
+    directory under `root` named by its name and content, consistently (see the module docstring).
+
+    Snapshots are content-addressed and never changed: loading the same bytes again reuses one,
+    so a server keeps one copy per adapter version it served. AdapterError if it cannot be read.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        dir_fd = os.open(found.path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise AdapterError(found.name, f"cannot open its directory ({exc.strerror})") from None
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".incoming-"))
+    digest = hashlib.sha256()
+    try:
+        names = (CONFIG_FILE, COEF_FILE) if found.kind == "selora" else sorted(os.listdir(dir_fd))
+        total = 0
+        for name in names:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            except OSError:
+                continue  # missing: validation names the file; a link or unreadable entry is no part of it
+            with os.fdopen(fd, "rb") as src:
+                if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                    continue
+                digest.update(name.encode() + b"\0")
+                with open(tmp / name, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        total += len(chunk)
+                        if total > MAX_SNAPSHOT_BYTES:
+                            raise AdapterError(found.name, f"adapter directory larger than {MAX_SNAPSHOT_BYTES} bytes")
+                        digest.update(chunk)
+                        dst.write(chunk)
+        final = root / f"{found.name.replace('/', '%2F')}-{digest.hexdigest()[:16]}"
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # the same bytes were snapshotted before
+        return final
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        os.close(dir_fd)
 
 
 def _candidates(root: Path) -> Iterable[str]:
