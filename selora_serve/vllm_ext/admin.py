@@ -10,10 +10,12 @@ Pins are capped at `--max-loras` - 1: with every slot pinned vLLM's worker raise
 pinned" in the next step that needs another adapter, which stops the engine; `pin` answers 409
 instead (and `selora-serve --pin` refuses too many at start-up).
 
-State per adapter: `loaded` (vLLM knows the name), `host_cache` (its weights are in the engine's
-LoRA cache, from `engine_client.list_loras()`), `pinned` (pinned through this API or --pin).
-Which cached adapters occupy a slot at this instant is not exposed by vLLM 0.32's engine client
-and is not reported. vLLM's own `/v1/unload_lora_adapter` only forgets the name and leaves the
+State per adapter: `on_disk` (in the store), `loaded` (vLLM knows the name), `host_cache` (its
+weights are in the engine's LoRA cache, from `engine_client.list_loras()`), `slot` (it holds one
+of the `--max-loras` slots; vLLM 0.32's engine client cannot tell, so the worker publishes its
+slot occupancy as the `selora_adapter_in_slot` metric and this reads it back; null when metrics
+are not in multiprocess mode, i.e. not started by `selora-serve`), `pinned` (pinned through this
+API or --pin). vLLM's own `/v1/unload_lora_adapter` only forgets the name and leaves the
 weights resident; `unload` here also calls `remove_lora`, so the memory is really freed.
 
 vLLM loads endpoint plugins only when named in VLLM_PLUGINS (`selora-serve` sets it). Adapters
@@ -91,6 +93,7 @@ class AdminPlugin:
         async def list_adapters(request: Request):
             models = request.app.state.openai_serving_models
             cached = await self.engine.list_loras()
+            in_slot = await asyncio.to_thread(metrics.slot_ids)
             names = await asyncio.to_thread(self.store.names) if self.store else []
             out = []
             for name in sorted(set(names) | set(models.lora_requests)):
@@ -101,6 +104,7 @@ class AdminPlugin:
                     "state": {
                         "on_disk": found is not None, "loaded": lora is not None,
                         "host_cache": lora is not None and lora.lora_int_id in cached,
+                        "slot": None if in_slot is None else (lora is not None and lora.lora_int_id in in_slot),
                         "pinned": name in self.pinned,
                     },
                     "facts": _facts(found) if found else {},

@@ -9,6 +9,7 @@
     selora_adapter_prompt_tokens_total{adapter}     counter    their prompt tokens
     selora_adapter_generated_tokens_total{adapter}  counter    their generated (completion) tokens
     selora_tenant_requests_total{tenant, status}    counter    HTTP requests per tenant (--tenants), by status
+    selora_adapter_in_slot{lora_id}                 gauge      1 while vLLM's adapter id occupies a LoRA slot
 
 Tiers. `host` is vLLM's LoRA cache in host memory (`--max-cpu-loras` LoRAModels, every resident
 adapter, including those in a slot); `slot` is the subset copied into the `--max-loras` slots the
@@ -94,6 +95,10 @@ def worker_metrics() -> SimpleNamespace:
                            ["tier"], multiprocess_mode="livemax"),
             resident_bytes=Gauge("selora_adapter_resident_bytes", "LoRA weight bytes of the resident adapters.",
                                  ["tier"], multiprocess_mode="livesum"),
+            # Per adapter id, so the admin API (another process) can tell which adapters hold a
+            # slot: vLLM 0.32's engine client reports the host cache only.
+            in_slot=Gauge("selora_adapter_in_slot", "1 while the adapter (vLLM lora id) holds a LoRA slot.",
+                          ["lora_id"], multiprocess_mode="livemax"),
         )
         # Every fixed label series exists from the start, so rate() sees the first increment.
         for source in SOURCES:
@@ -206,6 +211,25 @@ def _record(before, after, evicting: bool) -> None:
     for tier, ids in (("host", host1.keys()), ("slot", slot1)):
         m.resident.labels(tier=tier).set(len(ids))
         m.resident_bytes.labels(tier=tier).set(sum(weight_bytes(host1[i]) for i in ids))
+    for ids, value in ((slot0 - slot1, 0), (slot1 - slot0, 1)):
+        for lora_id in ids:
+            m.in_slot.labels(lora_id=str(lora_id)).set(value)
+
+
+def slot_ids() -> set[int] | None:
+    """vLLM adapter ids holding a LoRA slot in any worker, read from the multiprocess metric
+    files (any process may ask); None when metrics are not in multiprocess mode."""
+    if not os.environ.get(ENV_MULTIPROC):
+        return None
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return {
+        int(sample.labels["lora_id"])
+        for family in registry.collect() if family.name == "selora_adapter_in_slot"
+        for sample in family.samples if sample.value >= 1
+    }
 
 
 def _observed(method, evicting: bool):

@@ -163,7 +163,7 @@ def _state(server, name):
 
 def test_adapter_pinned_at_start_up_is_reported_pinned_and_never_evicted(server):
     """--pin at start-up; by now the LRU rotation above has cycled more adapters than fit."""
-    assert _state(server, PINNED)["state"] == {"on_disk": True, "loaded": True, "host_cache": True, "pinned": True}
+    assert _state(server, PINNED)["state"] == {"on_disk": True, "loaded": True, "host_cache": True, "slot": True, "pinned": True}
 
 
 def test_admin_lists_loads_pins_and_really_unloads(server, expected):
@@ -173,14 +173,18 @@ def test_admin_lists_loads_pins_and_really_unloads(server, expected):
     assert listing["corrupt"]["facts"]["kind"] == "selora" and "not valid JSON" in listing["corrupt"]["facts"]["error"]
 
     assert _post(server, "/v1/selora/adapters/db4/pin", {})[0] == 200
-    assert _state(server, "db4")["state"] == {"on_disk": True, "loaded": True, "host_cache": True, "pinned": True}
+    assert _state(server, "db4")["state"] == {"on_disk": True, "loaded": True, "host_cache": True, "slot": True, "pinned": True}
     for name in ("haar", "fourier", "late-0"):  # traffic through the other slot
         complete(server.client(), name, PROMPTS[:1])
-    assert _state(server, "db4")["state"]["host_cache"], "a pinned adapter is never evicted"
+    state = _state(server, "db4")["state"]
+    assert state["host_cache"] and state["slot"], "a pinned adapter is never evicted"
+    # Slots: the two pinned adapters and the one just used; everything else is not in a slot.
+    in_slot = {a["name"] for a in _get(server, "/v1/selora/adapters")["data"] if a["state"]["slot"]}
+    assert in_slot == {PINNED, "db4", "late-0"}
     assert _post(server, "/v1/selora/adapters/db4/unpin", {})[0] == 200
 
     assert _post(server, "/v1/selora/adapters/db4/unload", {})[0] == 200
-    assert _state(server, "db4")["state"] == {"on_disk": True, "loaded": False, "host_cache": False, "pinned": False}
+    assert _state(server, "db4")["state"] == {"on_disk": True, "loaded": False, "host_cache": False, "slot": False, "pinned": False}
     assert _post(server, "/v1/selora/adapters/db4/unload", {})[0] == 404
     assert complete(server.client(), "db4", PROMPTS[:1]) == expected(server.store / "db4", PROMPTS)[:1]
 
