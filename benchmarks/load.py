@@ -66,19 +66,13 @@ def references(model: Path, store: Path, names: list[str], max_tokens: int, work
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from selora_serve.convert import to_peft
+    from selora_serve.reference import greedy_tokens
 
     tok = AutoTokenizer.from_pretrained(str(model))
     base = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32).eval()
 
     def greedy(m) -> list[list[int]]:
-        out = []
-        for prompt in PROMPTS:
-            ids = tok(prompt, return_tensors="pt").input_ids
-            with torch.no_grad():
-                gen = m.generate(ids, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False,
-                                 pad_token_id=tok.eos_token_id)
-            out.append(gen[0, ids.shape[1]:].tolist())
-        return out
+        return greedy_tokens(m, tok, PROMPTS, max_tokens)
 
     refs = {(BASE, p): t for p, t in zip(PROMPTS, greedy(base))}
     for name in names:

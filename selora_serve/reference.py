@@ -47,3 +47,16 @@ def adapted(model: torch.nn.Module, adapter: SpectralAdapter) -> Iterator[torch.
     finally:
         for h in handles:
             h.remove()
+
+
+def greedy_tokens(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+    """Exactly `max_new_tokens` greedy token ids per prompt from a transformers model, one
+    prompt at a time (no padding effects): the reference outputs serving is checked against."""
+    out = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            gen = model.generate(ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        out.append(gen[0, ids.shape[1]:].tolist())
+    return out

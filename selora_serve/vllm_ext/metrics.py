@@ -38,13 +38,12 @@ registers nothing.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
-import shutil
-import tempfile
 from types import SimpleNamespace
+
+from ..envdir import env_scratch_dir
 
 logger = logging.getLogger("vllm.selora_serve")
 
@@ -59,23 +58,13 @@ _frontend: SimpleNamespace | None = None
 _base_name = "base"
 
 
-@contextlib.contextmanager
 def multiprocess_dir(environ=os.environ):
     """Run the body with PROMETHEUS_MULTIPROC_DIR set to a fresh directory, removed afterwards.
 
     prometheus-client picks its value storage when first imported, so this must wrap the import
     of vLLM. A directory the user set is used as is (vLLM asks that it be wiped between runs).
     """
-    if environ.get(ENV_MULTIPROC):
-        yield environ[ENV_MULTIPROC]
-        return
-    path = tempfile.mkdtemp(prefix="selora-serve-metrics-")
-    environ[ENV_MULTIPROC] = path
-    try:
-        yield path
-    finally:
-        environ.pop(ENV_MULTIPROC, None)
-        shutil.rmtree(path, ignore_errors=True)
+    return env_scratch_dir(ENV_MULTIPROC, "selora-serve-metrics-", environ)
 
 
 def worker_metrics() -> SimpleNamespace:

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import functools
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from ..envdir import env_scratch_dir
 from .store import ENV_DIRS, AdapterError, AdapterStore, snapshot, validate
 
 RESOLVER_NAME = "selora-store"
@@ -38,19 +38,9 @@ ENV_SNAPSHOTS = "SELORA_SNAPSHOT_DIR"  # set by `selora-serve`; else a temporary
 _own_root: Path | None = None
 
 
-@contextlib.contextmanager
 def snapshot_dir(environ=os.environ):
     """Run the body with SELORA_SNAPSHOT_DIR set to a fresh directory, removed afterwards."""
-    if environ.get(ENV_SNAPSHOTS):
-        yield environ[ENV_SNAPSHOTS]
-        return
-    path = tempfile.mkdtemp(prefix="selora-serve-snapshots-")
-    environ[ENV_SNAPSHOTS] = path
-    try:
-        yield path
-    finally:
-        environ.pop(ENV_SNAPSHOTS, None)
-        shutil.rmtree(path, ignore_errors=True)
+    return env_scratch_dir(ENV_SNAPSHOTS, "selora-serve-snapshots-", environ)
 
 
 def snapshot_root() -> Path:

@@ -1,7 +1,6 @@
 """The compact checkpoint: round trip, size, and a clear error for every bad input."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys

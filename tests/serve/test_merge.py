@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from .conftest import start_server, stop_server
-from .test_server import PROMPTS, complete
+from .test_server import complete
 
 pytestmark = pytest.mark.vllm
 

@@ -29,14 +29,7 @@ def vllm_engine(tiny_model):
 
 
 def hf_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
-    """Greedy continuations with transformers, one prompt at a time (no padding effects)."""
-    import torch
+    """Greedy continuations with transformers (the reference outputs), MAX_NEW_TOKENS by default."""
+    from selora_serve.reference import greedy_tokens
 
-    out = []
-    for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt").input_ids
-        with torch.no_grad():
-            gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, min_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.eos_token_id)
-        out.append(gen[0, ids.shape[1]:].tolist())
-    return out
+    return greedy_tokens(model, tokenizer, prompts, max_new_tokens)
