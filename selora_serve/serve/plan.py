@@ -6,8 +6,10 @@
 
 A default is added only when the user did not pass that vLLM option; anything the user passes
 reaches vLLM unchanged. Store mode enables LoRA with runtime updating (vLLM 0.32 consults LoRA
-resolvers only then), derives the rank limit and slot counts from the store, and runs float32 on
-CPU (vLLM's CPU backend has no bf16 kernels on many hosts). Merge mode merges one checkpoint
+resolvers only then), derives the rank limit and slot counts from the store, and on CPU runs
+float32 (vLLM's CPU backend has no bf16 kernels on many hosts) with 30 % of RAM for the KV cache
+(on CPU `--gpu-memory-utilization` is a fraction of RAM, and vLLM's 0.92 default fails to start
+whenever anything else uses memory). Merge mode merges one checkpoint
 into the base weights once (cached by content) and serves that with LoRA off.
 
 `plan_guard` adds the request guard to either (vllm_ext/guard.py: body size limit, and with
@@ -84,6 +86,10 @@ def plugins_allowlist(environ=os.environ) -> str:
     return ",".join(names)
 
 
+# Defaults on a host without CUDA (see the module docstring), in both modes.
+CPU_DEFAULTS: tuple[tuple[str, str | None], ...] = (("--dtype", "float32"), ("--gpu-memory-utilization", "0.3"))
+
+
 def on_cpu() -> bool:
     import torch
 
@@ -126,7 +132,7 @@ def plan_store(
         ("--max-loras", str(slots)), ("--max-cpu-loras", str(host)),
     ]
     if cpu:
-        defaults.append(("--dtype", "float32"))
+        defaults += CPU_DEFAULTS
     env = {
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
         ENV_DIRS: store.to_env(),
@@ -189,7 +195,7 @@ def plan_merge(
     argv = list(passthrough)
     defaults: list[tuple[str, str | None]] = [("--served-model-name", Path(ckpt).resolve().name)]
     if on_cpu() if cpu is None else cpu:
-        defaults.append(("--dtype", "float32"))
+        defaults += CPU_DEFAULTS
     return Launch(["--model", str(out)] + _defaults(argv, defaults, notes) + argv, {}, notes)
 
 

@@ -100,3 +100,12 @@ def test_forced_format_and_missing_file(tmp_path, tokenizer):
     assert "bad.jsonl:1: missing field 'text'" in message
     with pytest.raises(FileNotFoundError, match="no such data file"):
         load_examples(tmp_path / "nope.jsonl", tokenizer, max_len=64)
+
+
+def test_the_readme_example_data_loads(tokenizer):
+    from pathlib import Path
+
+    from selora_serve.training.data import load_examples
+
+    path = Path(__file__).parents[2] / "docs" / "examples" / "tiny-qa.jsonl"
+    assert len(load_examples(path, tokenizer, max_len=128)) == 6
