@@ -199,7 +199,8 @@ def _counting(send, tenant: str):
 
 
 def _filtering_models(send, allowed):
-    """A send() that drops from a /v1/models listing every model `allowed(id)` refuses."""
+    """A send() that drops from a /v1/models listing every model `allowed(id)` refuses, and
+    replaces the host paths vLLM reports as `root` by the model's id."""
     start: dict = {}
     chunks: list[bytes] = []
 
@@ -216,6 +217,9 @@ def _filtering_models(send, allowed):
         if start.get("status") == 200:
             listing = json.loads(body)
             listing["data"] = [m for m in listing.get("data", []) if allowed(m.get("id"))]
+            for model in listing["data"]:
+                # vLLM puts the weights' host path in `root`; a tenant learns nothing from it.
+                model["root"] = model.get("id")
             body = json.dumps(listing, ensure_ascii=False, separators=(",", ":")).encode()
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})

@@ -85,6 +85,9 @@ def test_each_tenant_lists_only_what_it_may_use(tenant_server):
     assert ids["acme"] == {BASE, "acme-haar", "shared-fourier"}
     assert ids["beta"] == {"beta-db4", "shared-fourier"}
     assert ids["admin"] == {BASE, *STORE}
+    # Tenants are not shown the server's paths (vLLM reports them as `root`).
+    for model in client(tenant_server, "acme").models.list().data:
+        assert model.root == model.id, model
 
 
 def test_tenant_outputs_are_its_adapters(tenant_server, expected, checkpoints):
