@@ -10,6 +10,8 @@ import json
 import sys
 from typing import Sequence
 
+from selora_serve.cli_args import DTYPE_CHOICES, add_basis_options, add_coef_dtype_option
+
 DESCRIPTION = """\
 Create, inspect and convert compact SeLoRA checkpoints.
 
@@ -45,13 +47,9 @@ def _add_overwrite(p: argparse.ArgumentParser) -> None:
 
 
 def _add_basis(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--basis", choices=("wavelet", "fourier"), default="wavelet",
-                   help="spectral basis: wavelet (SeLoRA-W, the paper's better variant) or fourier (SeLoRA-F); default %(default)s")
-    p.add_argument("--wavelet", default="haar",
-                   help="wavelet for --basis wavelet: haar (default, fastest), db4, bior2.2, coif1, or any pywt discrete wavelet")
+    add_basis_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the coefficient positions (Omega); default %(default)s")
-    p.add_argument("--coef-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="dtype the coefficients are stored in; default %(default)s")
+    add_coef_dtype_option(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "peft.PeftModel.from_pretrained and vLLM load unchanged.")
     p.add_argument("ckpt", metavar="CKPT", help="SeLoRA checkpoint directory")
     p.add_argument("out", metavar="OUT", help="PEFT directory to create")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",
                    help="dtype of the dense A and B; default %(default)s")
     _add_overwrite(p)
 

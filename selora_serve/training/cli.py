@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import Sequence
 
+from selora_serve.cli_args import DTYPE_CHOICES, add_basis_options, add_coef_dtype_option
+
 DESCRIPTION = """\
 Fine-tune an adapter on a local Hugging Face causal LM and write it as a compact SeLoRA
 checkpoint (docs/FORMAT.md), which selora-convert turns into PEFT, merges, and the server loads.
@@ -75,18 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="directory to write: a SeLoRA checkpoint (a PEFT directory for --variant lora)")
     io.add_argument("--export-peft", metavar="DIR", default=None,
                     help="also write the trained adapter as a dense PEFT LoRA directory here (spectral variants)")
-    io.add_argument("--coef-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                    help="dtype the coefficients are stored in; default %(default)s")
+    add_coef_dtype_option(io)
     io.add_argument("--overwrite", action="store_true",
                     help="replace existing outputs; without --resume also discards OUT.train checkpoints")
 
     ad = p.add_argument_group("adapter")
     ad.add_argument("--variant", choices=("selora", "sedora", "lora"), default="selora",
                     help="selora, sedora (DoRA magnitudes) or lora (dense baseline); default %(default)s")
-    ad.add_argument("--basis", choices=("wavelet", "fourier"), default="wavelet",
-                    help="spectral basis: wavelet (SeLoRA-W) or fourier (SeLoRA-F); default %(default)s")
-    ad.add_argument("--wavelet", default="haar",
-                    help="wavelet for --basis wavelet: haar (default), db4, bior2.2, coif1, or any pywt discrete wavelet")
+    add_basis_options(ad)
     ad.add_argument("--eta", type=float, default=0.6,
                     help="sparse ratio in [0, 1): the fraction of spectral entries masked (0.4-0.6 in the paper); default %(default)s")
     ad.add_argument("--rank", type=int, default=32, help="rank r of A (r x in) and B (out x r); default %(default)s")
@@ -109,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0,
                     help="seeds the coefficient positions (Omega), the initial values, data order and dropout; default %(default)s")
     tr.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N; default %(default)s")
-    tr.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+    tr.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",
                     help="dtype of the frozen base weights (the adapter trains in float32); default %(default)s")
 
     ck = p.add_argument_group("checkpoints and progress")
