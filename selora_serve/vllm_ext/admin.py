@@ -94,10 +94,10 @@ class AdminPlugin:
             models = request.app.state.openai_serving_models
             cached = await self.engine.list_loras()
             in_slot = await asyncio.to_thread(metrics.slot_ids)
-            names = await asyncio.to_thread(self.store.names) if self.store else []
+            stored = await asyncio.to_thread(self.store.adapters) if self.store else {}
             out = []
-            for name in sorted(set(names) | set(models.lora_requests)):
-                found = self.store.find(name) if name in names else None
+            for name in sorted(set(stored) | set(models.lora_requests)):
+                found = stored.get(name)
                 lora = models.lora_requests.get(name)
                 out.append({
                     "name": name,

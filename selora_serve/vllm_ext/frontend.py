@@ -63,11 +63,10 @@ def install() -> None:
 
         listing = await show(self)
         known = {card.id for card in listing.data}
-        for name in await asyncio.to_thread(store.names):
+        for name, found in (await asyncio.to_thread(store.adapters)).items():
             if name not in known:
-                found = store.find(name)
                 listing.data.append(ModelCard(
-                    id=name, root=str(found.path) if found else None, parent=self.base_model_paths[0].name,
+                    id=name, root=str(found.path), parent=self.base_model_paths[0].name,
                     permission=[ModelPermission()],
                 ))
         return listing

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from ..adapter import SpectralAdapter
 from ..checkpoint import is_selora_checkpoint, load_checkpoint, read_manifest
 from ..peft_io import dense_state_dict, peft_config_dict
+from .store import SEDORA_REFUSAL
 from . import metrics
 
 # A child of vLLM's logger, so it reaches the handlers vLLM configures in every process.
@@ -52,10 +53,7 @@ def peft_config_for(path: str) -> dict:
     """The PEFT adapter_config dict of the SeLoRA checkpoint at `path` (manifest only)."""
     manifest = read_manifest(path)
     if manifest.config.variant == "sedora":
-        raise ValueError(
-            f"{path}: SeDoRA (DoRA) adapters cannot fill a LoRA slot (vLLM has no DoRA); serve it "
-            "merged into the base model: selora-serve --merge CKPT --model BASE"
-        )
+        raise ValueError(f"{path}: {SEDORA_REFUSAL}")
     return peft_config_dict(SpectralAdapter(manifest.config, manifest.base))
 
 

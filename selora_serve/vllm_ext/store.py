@@ -39,6 +39,10 @@ from ..peft_io import PEFT_CONFIG
 ENV_DIRS = "SELORA_ADAPTER_DIRS"  # os.pathsep-separated store roots, set by `selora-serve`
 MAX_NAME_LENGTH = 255
 MAX_SNAPSHOT_BYTES = 8 << 30  # an adapter directory larger than this is refused, not copied
+SEDORA_REFUSAL = (
+    "SeDoRA (DoRA) adapters cannot fill a LoRA slot (vLLM has no DoRA); serve it merged into the base "
+    "model instead: selora-serve --merge CKPT --model BASE"
+)
 
 
 class AdapterError(ValueError):
@@ -128,26 +132,30 @@ class AdapterStore:
                 return StoredAdapter(name, real, root, kind)
         return None
 
-    def names(self) -> list[str]:
-        """Every adapter name in the store (top-level and one nesting level), first root wins."""
-        seen: dict[str, None] = {}
+    def adapters(self) -> dict[str, StoredAdapter]:
+        """Every adapter in the store (top-level and one nesting level) by name, sorted; first
+        root wins. One file-system walk: listings use this rather than `find` per name."""
+        seen: dict[str, StoredAdapter] = {}
         for root in self.roots:
             for name in _candidates(root):
                 if name in seen:
                     continue
                 try:
-                    if self.find(name) is not None:
-                        seen[name] = None
+                    found = self.find(name)
                 except AdapterNameError:
                     continue
-        return sorted(seen)
+                if found is not None:
+                    seen[name] = found
+        return dict(sorted(seen.items()))
+
+    def names(self) -> list[str]:
+        return list(self.adapters())
 
     def manifests(self) -> dict[str, Manifest]:
         """The manifests of every SeLoRA adapter whose manifest reads cleanly (cheap: JSON only)."""
         out = {}
-        for name in self.names():
-            found = self.find(name)
-            if found is not None and found.kind == "selora":
+        for name, found in self.adapters().items():
+            if found.kind == "selora":
                 try:
                     out[name] = read_manifest(found.path)
                 except CheckpointError:
@@ -230,10 +238,7 @@ def validate(name: str, path: str | Path, base_config, *, max_rank: int | None =
     try:
         manifest = read_manifest(path)
         if manifest.config.variant == "sedora":
-            raise AdapterError(
-                name, "SeDoRA (DoRA) adapters cannot fill a LoRA slot; serve it merged into the base "
-                "model instead: selora-serve --merge CKPT --model BASE",
-            )
+            raise AdapterError(name, SEDORA_REFUSAL)
         if max_rank is not None and manifest.config.r > max_rank:
             raise AdapterError(
                 name, f"rank r={manifest.config.r} exceeds the server's max LoRA rank {max_rank}; "

@@ -34,6 +34,7 @@ def test_find_first_root_wins_and_kinds(roots):
     assert store.find("team/fourier").root == b.resolve()
     assert store.find("empty") is None and store.find("missing") is None
     assert store.names() == ["dense", "shared", "team/fourier"]
+    assert {n: f.path for n, f in store.adapters().items()} == {n: store.find(n).path for n in store.names()}
     assert store.max_rank() == 8
 
 
@@ -79,3 +80,15 @@ def test_validate_names_adapter_and_reason(checkpoints, tiny_model, tmp_path):
         validate("bad", bad, base)
     with pytest.raises(AdapterError, match="exceeds the server's max LoRA rank 1"):
         validate("ok", checkpoints["haar"], base, max_rank=1)
+
+
+def test_sedora_is_refused_for_slots_with_the_merge_hint(tiny_model, tmp_path):
+    from selora_serve.vllm_ext.loading import peft_config_for
+
+    from ..conftest import make_checkpoint
+
+    ckpt = make_checkpoint(tiny_model, tmp_path / "dora", variant="sedora", basis="wavelet", wavelet="haar")
+    with pytest.raises(AdapterError, match=r"'dora'.*cannot fill a LoRA slot.*selora-serve --merge CKPT --model BASE"):
+        validate("dora", ckpt, load_config(tiny_model))
+    with pytest.raises(ValueError, match=r"dora: SeDoRA \(DoRA\) adapters cannot fill a LoRA slot"):
+        peft_config_for(str(ckpt))
