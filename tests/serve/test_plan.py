@@ -7,12 +7,12 @@ import shutil
 import pytest
 
 from selora_serve.serve.cli import build_parser, plan_from_args
-from selora_serve.serve.plan import has_option, merged_dir, plan_store, supported_rank
+from selora_serve.serve.plan import has_option, merged_dir, plan_guard, plan_store, supported_rank
 
 
 def test_supported_rank_rounds_up():
     assert [supported_rank(r) for r in (1, 2, 8, 9, 33, 512)] == [1, 8, 8, 16, 64, 512]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rank 1000 exceeds vLLM's largest supported --max-lora-rank 512"):
         supported_rank(1000)
 
 
@@ -49,8 +49,12 @@ def test_cli_splits_own_options_from_vllm_options(checkpoints, tiny_model, tmp_p
     assert rest == ["--port", "9000", "--max-model-len", "512"]
     launch = plan_from_args(args, rest)
     assert has_option(launch.argv, "--port") and has_option(launch.argv, "--enable-lora")
-    with pytest.raises(ValueError, match="--adapters"):
+    with pytest.raises(ValueError, match=r"--adapters DIR is required \(or --merge CKPT, or --demo\)"):
         plan_from_args(build_parser().parse_args(["--model", "m"]), [])
+    with pytest.raises(ValueError, match=r"--model BASE is required \(or use --demo\)"):
+        plan_from_args(build_parser().parse_args(["--adapters", str(tmp_path)]), [])
+    with pytest.raises(ValueError, match="--merge serves one merged adapter; it does not take --adapters"):
+        plan_from_args(build_parser().parse_args(["--model", "m", "--merge", "c", "--adapters", str(tmp_path)]), [])
 
 
 def test_merge_plan_serves_a_cached_merge_without_lora(checkpoints, tiny_model, tmp_path):
@@ -64,3 +68,11 @@ def test_merge_plan_serves_a_cached_merge_without_lora(checkpoints, tiny_model, 
     assert any("cached" in n for n in plan_from_args(args, []).notes)
     with pytest.raises(ValueError, match="cannot enable LoRA"):
         plan_from_args(args, ["--enable-lora"])
+
+
+def test_guard_options_are_checked_before_vllm_starts(checkpoints, tiny_model, tmp_path):
+    shutil.copytree(checkpoints["haar"], tmp_path / "haar")
+    launch = plan_store(str(tiny_model), [str(tmp_path)], cpu=True)
+    with pytest.raises(ValueError, match="--max-body-bytes 100: expected at least 1024"):
+        plan_guard(launch, max_body_bytes=100, environ={})
+    assert plan_guard(launch, max_body_bytes=4096, environ={}).env["SELORA_MAX_BODY_BYTES"] == "4096"
