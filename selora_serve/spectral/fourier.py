@@ -1,12 +1,23 @@
 """SeLoRA-F's transform: A = Re(ifft2(F)) with torch's default ("backward") normalisation.
 
 The spectral matrix has the spatial shape (m, n) and real entries. Because F is real,
-Re(ifft2(F)) = ifft2(E) with E = (F + F[-u mod m, -v mod n]) / 2 real and even, hence Hermitian:
-the fast path feeds E's non-redundant half to a complex-to-real inverse, half the work of a
-complex `ifft2`. The half is taken along the longer axis (`half_axis`): the C2R pass then runs
-along it and the complex pass along the short one (for LoRA's r = 32 sides, about 2x faster
-than halving a short axis). Both terms of E are plain gathers of F (`even_half_positions`), so
-a caller holding only F's nonzero entries can gather them straight from its coefficients.
+Re(ifft2(F)) = ifft2(E) with E = (F + F[-u mod m, -v mod n]) / 2, real and even
+(E[-u, -v] = E[u, v]); so is the result X: X[-p, -q] = X[p, q]. The fast path
+(`synthesise_even`) uses both symmetries. Call the matrix's shorter side r and its longer side l,
+and work on it "wide" (r, l), transposing a tall matrix's indices:
+
+  1. E's half spectrum along the long axis, H = E[:, :l//2+1] (r, h), is all the input needed
+     (`even_half_positions` gathers it from F as F[u, v]/2 + F[-u, -v]/2).
+  2. Along the short axis, a small real matrix product gives Z = sum_u E[u, v] e^{2 pi i u p / r}
+     for the output rows p = 0 .. r//2 only: Z's real and imaginary parts are [C; S] @ H with
+     C, S the cosines and sines (`_short_synthesis`, scaled by 1/r).
+  3. Along the long axis, each row Z[p] is Hermitian (E is even), so X[p] = irfft(Z[p], l): a
+     complex-to-real pass over half of the rows.
+  4. The other rows are mirror images: X[r - p, q] = X[p, -q mod l].
+
+For LoRA's r = 32 this is about 2.5x faster than torch's `irfft2` over the same half spectrum
+(which runs a complex pass over every row and copies its input). `ifft2_real` (complex ifft2)
+is the reference it is tested against.
 """
 
 from __future__ import annotations
@@ -26,20 +37,20 @@ def ifft2_real(spectrum: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(spectrum.float() if spectrum.dtype not in (torch.float32, torch.float64) else spectrum).real
 
 
-def half_axis(shape: tuple[int, int]) -> int:
-    """The axis along which E's half spectrum is kept: -1 (columns) unless rows are longer."""
-    m, n = shape
-    return -1 if n >= m else -2
+def is_tall(shape: tuple[int, int]) -> bool:
+    """True when rows are the longer side: the fast path then works on the transpose."""
+    return shape[0] > shape[1]
 
 
 def half_shape(shape: tuple[int, int]) -> tuple[int, int]:
-    """Shape of E's half spectrum: (m, n // 2 + 1), or (m // 2 + 1, n) when m > n."""
-    m, n = shape
-    return (m, n // 2 + 1) if half_axis(shape) == -1 else (m // 2 + 1, n)
+    """(r, l // 2 + 1): E's half spectrum along the long side, in wide orientation."""
+    r, l = sorted(shape)
+    return (r, l // 2 + 1)
 
 
 def even_half_positions(shape: tuple[int, int]) -> np.ndarray:
-    """(2, *half_shape(shape)) flat positions in an (m, n) spectrum: [0] of (u, v), [1] of (-u, -v).
+    """(2, *half_shape(shape)) flat positions in an (m, n) spectrum, wide orientation:
+    [0] of F[u, v], [1] of F[-u, -v] (u along the short side, v along the long one).
 
     E's half spectrum is (F[positions[0]] + F[positions[1]]) / 2.
     """
@@ -47,31 +58,44 @@ def even_half_positions(shape: tuple[int, int]) -> np.ndarray:
     rows, cols = half_shape(shape)
     u = np.arange(rows).reshape(rows, 1)
     v = np.arange(cols).reshape(1, cols)
+    if is_tall(shape):  # u indexes columns (n = r), v rows (m = l)
+        return np.stack([v * n + u, ((-v) % m) * n + (-u) % n])
     return np.stack([u * n + v, ((-u) % m) * n + (-v) % n])
 
 
-def irfft2_even_half(
-    pairs: torch.Tensor,
-    shape: tuple[int, int],
-    buffer: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """(..., 2, *half_shape(shape)) real pairs, already halved -> (..., m, n) float matrix.
+@lru_cache(maxsize=64)
+def _short_synthesis(r: int, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """(2P, r) with P = r // 2 + 1: [cos; sin](2 pi p u / r) / r for output rows p < P."""
+    p = np.arange(r // 2 + 1).reshape(-1, 1)
+    u = np.arange(r).reshape(1, -1)
+    angle = 2 * np.pi * ((p * u) % r) / r  # reduced mod r before scaling: exact angles
+    matrix = np.concatenate([np.cos(angle), np.sin(angle)]) / r
+    return torch.from_numpy(matrix).to(device=device, dtype=dtype)
 
-    `pairs` holds F[u, v] / 2 and F[-u, -v] / 2 (gathered by `even_half_positions`), so their sum
-    is E's half spectrum. `buffer` (..., *half_shape(shape), 2) is the complex input, viewed as
-    real pairs; its imaginary part must be zero and stays zero (torch.fft does not write its
-    input), so a caller decoding many chunks allocates and zeroes it once. The result is a new
-    tensor: torch's CPU FFT with out= computes into a temporary and copies.
+
+def synthesise_even(
+    half: torch.Tensor, shape: tuple[int, int], out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(c, *half_shape(shape)) float32/64 half spectra -> (c, m, n) matrices (steps 2-4 above).
+
+    Written into `out` (any float dtype, cast on write) if given, else into a new tensor of
+    `half`'s dtype.
     """
-    first, second = pairs.select(-3, 0), pairs.select(-3, 1)
-    if buffer is None:
-        buffer = torch.zeros(*first.shape, 2, dtype=pairs.dtype, device=pairs.device)
-    torch.add(first, second, out=buffer.select(-1, 0))
-    spectrum = torch.view_as_complex(buffer)
-    m, n = shape
-    if half_axis(shape) == -1:
-        return torch.fft.irfft2(spectrum, s=(m, n))
-    return torch.fft.irfftn(spectrum, s=(n, m), dim=(-1, -2))
+    r, l = half_shape(shape)[0], max(shape)
+    c, rows = half.shape[0], r // 2 + 1
+    z = torch.matmul(_short_synthesis(r, str(half.device), half.dtype), half)
+    top = torch.fft.irfft(torch.complex(z[:, :rows], z[:, rows:]), l, dim=-1)
+    if out is None:
+        out = torch.empty(c, *shape, dtype=top.dtype, device=top.device)
+    wide = out.transpose(-1, -2) if is_tall(shape) else out
+    wide[:, :rows].copy_(top)
+    mirrored = r - rows
+    if mirrored:
+        # flip both axes: row j is p = mirrored - j, column q is -(q + 1) mod l
+        flipped = torch.flip(top[:, 1 : mirrored + 1], dims=(1, 2))
+        wide[:, rows:, 1:].copy_(flipped[..., : l - 1])
+        wide[:, rows:, 0].copy_(flipped[..., l - 1])
+    return out
 
 
 @lru_cache(maxsize=64)
@@ -80,14 +104,15 @@ def _even_half_index(shape: tuple[int, int], device: str) -> torch.Tensor:
 
 
 def ifft2_real_fast(spectrum: torch.Tensor) -> torch.Tensor:
-    """Equal to `ifft2_real` (up to rounding), through irfft2 of the Hermitian-even part."""
+    """Equal to `ifft2_real` (up to float32 rounding), through `synthesise_even`."""
     if spectrum.dtype not in (torch.float32, torch.float64):
         spectrum = spectrum.float()
     m, n = spectrum.shape[-2:]
     lead = spectrum.shape[:-2]
     index = _even_half_index((m, n), str(spectrum.device))
-    pairs = spectrum.reshape(*lead, m * n).index_select(-1, index).mul_(0.5)
-    return irfft2_even_half(pairs.view(*lead, 2, *half_shape((m, n))), (m, n))
+    pairs = spectrum.reshape(-1, m * n).index_select(-1, index).view(-1, 2, *half_shape((m, n)))
+    half = torch.add(pairs[:, 0], pairs[:, 1]).mul_(0.5)
+    return synthesise_even(half, (m, n)).view(*lead, m, n)
 
 
 def fft2_real(matrix: torch.Tensor) -> torch.Tensor:

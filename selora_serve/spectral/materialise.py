@@ -204,15 +204,14 @@ class _FourierDecoder(_Decoder):
         self.half = fourier.half_shape(layout.shape)
 
     def scratch(self, rows: int, device: str) -> tuple[torch.Tensor, ...]:
-        return (torch.zeros(rows, *self.half, 2, device=device),)
+        return (torch.empty(rows, *self.half, device=device),)
 
     def finish(self, gathered, scratch, out, dtype):
         c = gathered.shape[0]
         pairs = gathered.view(c, 2, *self.half)
-        result = fourier.irfft2_even_half(pairs, self.layout.shape, buffer=scratch[0][:c])
-        if out is not None:
-            return out.copy_(result)
-        return result if result.dtype == dtype else result.to(dtype)
+        half = torch.add(pairs[:, 0], pairs[:, 1], out=scratch[0][:c])
+        target = self._new(gathered, dtype) if out is None else out
+        return fourier.synthesise_even(half, self.layout.shape, target)
 
 
 class _SpectrumDecoder(_Decoder):

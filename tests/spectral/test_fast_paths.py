@@ -95,15 +95,36 @@ def test_haar_block_positions_are_a_permutation():
         wavelet.haar_block_positions((5, 10))
 
 
-@pytest.mark.parametrize("shape", [(7, 33), (8, 64), (32, 96), (96, 32), (1, 1)])
-def test_fourier_even_half_equals_complex_ifft2(shape):
-    spectrum = torch.randn(4, *shape)
-    _close(fourier.ifft2_real_fast(spectrum), fourier.ifft2_real(spectrum))
+@pytest.mark.parametrize("shape", [(7, 33), (8, 64), (32, 96), (96, 32), (33, 7), (1, 1), (2, 5), (5, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fourier_even_half_equals_complex_ifft2(shape, dtype):
+    spectrum = torch.randn(4, *shape, dtype=dtype)
+    got = fourier.ifft2_real_fast(spectrum)
+    assert got.dtype == dtype
+    _close(got, fourier.ifft2_real(spectrum))
     m, n = shape
-    half = (m, n // 2 + 1) if n >= m else (m // 2 + 1, n)  # halved along the longer side
+    half = (min(m, n), max(m, n) // 2 + 1)  # wide orientation, halved along the longer side
     assert fourier.half_shape(shape) == half
     positions = fourier.even_half_positions(shape)
     assert positions.shape == (2, *half) and positions.max() < m * n
+    # the two gathers are each other's mirror: (-u, -v) of (-u, -v) is (u, v)
+    first, second = positions.reshape(2, -1)
+    assert set(first) <= set(range(m * n))
+    flat = spectrum.reshape(4, -1)
+    even = (flat[:, first] + flat[:, second]) / 2
+    mirrored = flat.reshape(4, m, n).flip(-2, -1).roll((1, 1), (-2, -1)).reshape(4, -1)
+    torch.testing.assert_close(even, (flat[:, first] + mirrored[:, first]) / 2)
+
+
+def test_fourier_synthesis_writes_into_a_low_precision_output():
+    shape = (6, 20)
+    spectrum = torch.randn(3, *shape)
+    half = fourier.even_half_positions(shape).reshape(2, -1)
+    flat = spectrum.reshape(3, -1)
+    halves = ((flat[:, half[0]] + flat[:, half[1]]) / 2).view(3, *fourier.half_shape(shape))
+    out = torch.empty(3, *shape, dtype=torch.bfloat16)
+    assert fourier.synthesise_even(halves, shape, out) is out
+    torch.testing.assert_close(out, fourier.ifft2_real(spectrum).to(torch.bfloat16))
 
 
 def test_clear_caches_forgets_tables():
