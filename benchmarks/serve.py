@@ -14,17 +14,21 @@ with identical engine options (--max-loras slots, --max-cpu-loras host cache, --
 --max-num-seqs, --dtype, context length). Two ceilings run the trace once, after a warm-up request:
 `base` (plain vLLM, LoRA disabled) and `merged` (`selora-serve --merge`: one adapter merged into W0).
 
-The dense and selora servers run side by side and the phases alternate between them (the order
-flips every N), so drift in the machine's load lands on both. Each N has its own adapters
-(`n{N}-a{i}`), so every trace starts with all of its adapters on disk only. Per server:
+The dense and selora servers run side by side and the phases alternate between them, so drift in
+the machine's load lands on both: each N runs its traces in K rounds (--rounds), each round on
+its own fresh adapters (`n{N}-r{k}-a{i}`, so every round starts with all of its adapters on disk
+only), the systems' order flipping every round (ABBA); the probe blocks alternate likewise.
+Each system's figures pool the rounds (throughput: total output tokens over total wall time); the
+throughput ratio is the median over rounds of each round's selora/dense ratio, so one stall in
+one round (seen here: ~1 s, in either system) does not decide it. Per server:
 
   memory   after one base-model request and one adapter request (one-time costs: imports,
            decoding tables), process-tree RSS (psutil) before and after loading M fresh adapters
            into the host cache (M < host cache, one 2-token request each);
            (after - before) / M = host memory per cached adapter. Beside it: dense tensor bytes,
            and the spectral bytes on disk (what a cache kept in spectral form would hold).
-  trace    R requests (a fixed total, not per adapter: at N=256 and R=64 most requests hit a
-           cold adapter), model names drawn from N adapters uniformly and by Zipf popularity
+  trace    R requests per round (a fixed total, not per adapter: at N=256 and R=128 most
+           requests hit a cold adapter), model names drawn from N adapters uniformly and by Zipf popularity
            (p_i ~ 1/i), seeded; fixed prompt length (distinct random token ids per request, so
            prefix caching does not help) and output length (ignore_eos); C concurrent streams
            (openai AsyncOpenAI, streaming). requests/s and output tokens/s over the wall time;
@@ -36,8 +40,10 @@ flips every N), so drift in the machine's load lands on both. Each N has its own
   warm     the same P adapters again, in the same order: with P > slots each is in the host cache
            but no longer in a slot, so the TTFT includes activation but no load.
 
-Ratios are selora over dense. Adapter files were just written, so both systems read them from the
-page cache (disk latency is not measured). Runs on CPU with a local Llama-shaped model built by
+Ratios are selora over dense. Before each round and before the probes, the files of the adapters
+they use are dropped from the OS page cache (`benchmarks/pagecache.py`), so "cold" means
+on disk only, as in production; `--page-cache-warm` keeps them cached (then disk latency is not
+measured). Runs on CPU with a local Llama-shaped model built by
 `selora_serve.tiny` (presets below); `--model DIR` and `--vllm-args` for a real model on a GPU.
 
 Prints a table (hardware and sizes stated), writes PNG plots to --plot-dir and, with --json PATH,
@@ -50,7 +56,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import re
 import shlex
 import sys
@@ -73,10 +78,16 @@ from selora_serve.serve import launch
 from selora_serve.serve.plan import on_cpu, supported_rank
 from selora_serve.tiny import TinySpec, build_tiny_model
 
-try:  # a sibling script: importable as benchmarks.decode from the root, as decode from here
+try:  # sibling modules: importable as benchmarks.* from the root, as plain modules from here
+    from benchmarks import pagecache
     from benchmarks.decode import hardware
+    from benchmarks.serve_report import POPULARITY, TARGETS, plot, print_table
+    from benchmarks.traffic import ms, prompts, run_trace, sequential_ttft, summarise, trace_models
 except ImportError:
+    import pagecache
     from decode import hardware
+    from serve_report import POPULARITY, TARGETS, plot, print_table
+    from traffic import ms, prompts, run_trace, sequential_ttft, summarise, trace_models
 
 PRESETS = {  # (model shape, LoRA rank); head_dim 32 or 64, both supported by vLLM's CPU attention
     "tiny": (TinySpec(), 8),  # the demo model: hidden 128, 2 layers
@@ -85,10 +96,8 @@ PRESETS = {  # (model shape, LoRA rank); head_dim 32 or 64, both supported by vL
     "medium": (TinySpec(hidden_size=1024, intermediate_size=2752, num_hidden_layers=4,
                         num_attention_heads=16, num_key_value_heads=4), 16),
 }
-TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 SYSTEMS = ("dense", "selora", "base", "merged")
 BASE_NAME, MERGED_NAME = "base", "merged"
-POPULARITY = ("uniform", "zipf")
 # selora_serve.vllm_ext.loading logs one line per decode, with its time.
 DECODE_LOG = re.compile(r"decoded SeLoRA adapter .* in ([0-9.]+) ms")
 
@@ -104,10 +113,18 @@ class Workspace:
     merge_cache: Path
 
 
-def adapter_names(sweep: list[int], probes: int, mem: int) -> list[str]:
+def trace_names(n: int, rnd: int) -> list[str]:
+    return [f"n{n}-r{rnd}-a{i}" for i in range(n)]
+
+
+def probe_names(n: int, probes: int) -> list[str]:
+    return [f"n{n}-cold{j}" for j in range(probes)]
+
+
+def adapter_names(sweep: list[int], probes: int, mem: int, rounds: int) -> list[str]:
     names = ["mem-primer"] + [f"mem-{j}" for j in range(mem)]
     for n in sweep:
-        names += [f"n{n}-a{i}" for i in range(n)] + [f"n{n}-cold{j}" for j in range(probes)]
+        names += [a for r in range(rounds) for a in trace_names(n, r)] + probe_names(n, probes)
     return names
 
 
@@ -181,7 +198,7 @@ def start_system(system: str, ws: Workspace, args, logs: Path) -> launch.ServerP
     elif system == "base":
         cmd, env = launch.vllm_command(model + common), plain_env
     elif system == "merged":
-        merged = ws.store / f"n{args.sweep_list[0]}-a0"
+        merged = ws.store / trace_names(args.sweep_list[0], 0)[0]
         cmd = launch.selora_serve_command(["--merge", str(merged), "--merge-cache", str(ws.merge_cache)]
                                           + model + common + ["--served-model-name", MERGED_NAME])
         env = {}
@@ -208,85 +225,6 @@ def decode_times(server: launch.ServerProcess) -> list[float]:
     return [float(t) for t in DECODE_LOG.findall(server.log.read_text(errors="replace"))]
 
 
-# ---------------------------------------------------------------- requests
-
-
-@dataclass
-class Sample:
-    ttft: float
-    latency: float
-    tokens: int
-    tpot: float | None = None  # (last token - first token) / (tokens - 1)
-
-
-async def request(client, model: str, prompt: list[int], max_tokens: int) -> Sample:
-    """One streamed completion; TTFT is the arrival of the first chunk that carries a choice."""
-    start = time.perf_counter()
-    stream = await client.completions.create(
-        model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0, stream=True,
-        stream_options={"include_usage": True}, extra_body={"ignore_eos": True, "min_tokens": max_tokens},
-    )
-    arrivals, tokens = [], 0
-    async for chunk in stream:
-        if chunk.choices:
-            arrivals.append(time.perf_counter())
-        if chunk.usage is not None:
-            tokens = chunk.usage.completion_tokens
-    end = time.perf_counter()
-    if not arrivals:
-        raise RuntimeError(f"{model}: the stream carried no tokens")
-    tpot = (arrivals[-1] - arrivals[0]) / (tokens - 1) if tokens > 1 else None
-    return Sample(arrivals[0] - start, end - start, tokens, tpot)
-
-
-def prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [[rng.randrange(10, vocab) for _ in range(length)] for _ in range(count)]
-
-
-def trace_models(names: list[str], count: int, popularity: str, seed: int) -> list[str]:
-    """`count` model names drawn from `names`: uniformly or with Zipf popularity p_i ~ 1/i."""
-    rng = random.Random(seed)
-    if popularity == "uniform":
-        return [rng.choice(names) for _ in range(count)]
-    weights = [1.0 / (i + 1) for i in range(len(names))]
-    return rng.choices(names, weights=weights, k=count)
-
-
-async def run_trace(server, models: list[str], prompt_ids: list[list[int]], max_tokens: int, concurrency: int) -> dict:
-    client = server.async_client()
-    gate = asyncio.Semaphore(concurrency)
-
-    async def bounded(model, prompt):
-        async with gate:
-            return await request(client, model, prompt, max_tokens)
-
-    start = time.perf_counter()
-    samples = await asyncio.gather(*(bounded(m, p) for m, p in zip(models, prompt_ids)))
-    wall = time.perf_counter() - start
-    await client.close()
-    ttft = [s.ttft for s in samples]
-    tpot = [s.tpot for s in samples if s.tpot is not None]
-    return {
-        "requests": len(samples), "distinct_models": len(set(models)), "wall_s": round(wall, 3),
-        "requests_per_s": round(len(samples) / wall, 3),
-        "output_tokens_per_s": round(sum(s.tokens for s in samples) / wall, 2),
-        "ttft_p50_ms": ms(np.percentile(ttft, 50)), "ttft_p99_ms": ms(np.percentile(ttft, 99)),
-        "itl_p50_ms": ms(np.percentile(tpot, 50)) if tpot else None,
-    }
-
-
-async def sequential_ttft(server, models: list[str], prompt_ids: list[list[int]]) -> list[float]:
-    client = server.async_client()
-    out = [(await request(client, m, p, 2)).ttft for m, p in zip(models, prompt_ids)]
-    await client.close()
-    return out
-
-
-def ms(seconds: float) -> float:
-    return round(1e3 * float(seconds), 2)
-
-
 # ---------------------------------------------------------------- phases
 
 
@@ -304,33 +242,68 @@ def measure_memory(server, primer: str, names: list[str], args, seed: int) -> di
             "api_bytes_per_adapter": (after[0] - before[0]) // m, "engine_bytes_per_adapter": (after[1] - before[1]) // m}
 
 
-def measure_n(server, system: str, n: int, args, seed: int) -> dict:
-    """Both traces, then the cold and warm probes, for the N adapters named n{N}-a*."""
-    names = [f"n{n}-a{i}" for i in range(n)]
-    out: dict = {"system": system, "n_adapters": n}
-    before = len(decode_times(server))
-    for k, pop in enumerate(POPULARITY):
-        models = trace_models(names, args.requests, pop, seed + 10 * n + k)
-        ids = prompts(args.requests, args.prompt_len, args.vocab, seed + 10 * n + k)
-        out[pop] = asyncio.run(run_trace(server, models, ids, args.output_len, args.concurrency))
-    cold = [f"n{n}-cold{j}" for j in range(args.probes)]
+def measure_n(servers: dict, ws: Workspace, n: int, args, seed: int) -> dict[str, dict]:
+    """For N adapters, per system: both traces over `args.rounds` rounds, then the cold and warm
+    probes.
+
+    Round r uses its own adapters (n{N}-r{r}-a*), their files first dropped from the page cache,
+    so every round starts cold; the systems alternate within each round and their order flips
+    every round and every N (ABBA), so drift in the machine's load lands on both. The probes
+    run as one block per system: cold in the first round's order, warm in the reverse.
+    """
+    dirs = {"dense": ws.dense, "selora": ws.store}
+    runs = {s: {pop: [] for pop in POPULARITY} for s in dirs}
+    distinct = {pop: [] for pop in POPULARITY}
+    decodes_before = len(decode_times(servers["selora"]))
+    for rnd in range(args.rounds):
+        names = trace_names(n, rnd)
+        traces = {pop: trace_models(names, args.requests, pop, seed + 10 * n + k + 1000 * rnd)
+                  for k, pop in enumerate(POPULARITY)}
+        for pop in POPULARITY:
+            distinct[pop].append(len(set(traces[pop])))
+        order = ("dense", "selora") if (rnd + n) % 2 == 0 else ("selora", "dense")
+        for system in order:
+            print(f"N={n} round {rnd + 1}/{args.rounds}: {system} ...", file=sys.stderr, flush=True)
+            if not args.page_cache_warm:
+                pagecache.evict(dirs[system] / name for name in names)
+            for k, pop in enumerate(POPULARITY):
+                ids = prompts(args.requests, args.prompt_len, args.vocab, seed + 10 * n + k + 1000 * rnd)
+                runs[system][pop].append(asyncio.run(run_trace(servers[system], traces[pop], ids, args.output_len,
+                                                               args.concurrency)))
+    decodes = decode_times(servers["selora"])[decodes_before:]  # first touches, evictions, probes
+    probes = probe_names(n, args.probes)
+    if not args.page_cache_warm:
+        pagecache.evict(dirs[system] / name for system in dirs for name in probes)
     ids = prompts(2 * args.probes, args.prompt_len, args.vocab, seed + 10 * n + 7)
-    cold_ttft = asyncio.run(sequential_ttft(server, cold, ids[: args.probes]))
-    warm_ttft = asyncio.run(sequential_ttft(server, cold, ids[args.probes:]))
-    out["cold_ttft_ms"] = ms(np.median(cold_ttft))
-    out["warm_ttft_ms"] = ms(np.median(warm_ttft))
-    if system == "selora":
-        times = decode_times(server)[before:]  # the trace's first touches and evictions, and the probes
-        out["decodes"] = len(times)
-        out["decode_ms_p50"] = round(float(np.median(times)), 2) if times else None
+    ttft: dict[str, dict[str, list[float]]] = {s: {} for s in dirs}
+    # One system at a time, one client per block: requests alternating between the two servers
+    # came out slower and far noisier (each server's idle work lands on the other's request).
+    first = ("dense", "selora") if n % 2 == 0 else ("selora", "dense")  # round 0's order
+    for phase, offset, order in (("cold", 0, first), ("warm", args.probes, first[::-1])):
+        for system in order:
+            ttft[system][phase] = asyncio.run(sequential_ttft(servers[system], probes, ids[offset:offset + args.probes]))
+    decodes += decode_times(servers["selora"])[decodes_before + len(decodes):]
+    out = {}
+    for system in dirs:
+        out[system] = {"system": system, "n_adapters": n,
+                       **{pop: summarise(runs[system][pop], distinct[pop]) for pop in POPULARITY},
+                       "cold_ttft_ms": ms(np.median(ttft[system]["cold"])),
+                       "warm_ttft_ms": ms(np.median(ttft[system]["warm"]))}
+    out["selora"]["decodes"] = len(decodes)
+    out["selora"]["decode_ms_p50"] = round(float(np.median(decodes)), 2) if decodes else None
     return out
 
 
 def measure_ceiling(server, system: str, model: str, args, seed: int) -> dict:
-    asyncio.run(sequential_ttft(server, [model], prompts(1, args.prompt_len, args.vocab, seed + 4)))  # warm-up
+    # Warm-up at the trace's concurrency: the first batches of each size cost extra on a fresh
+    # engine (the dense and selora servers got theirs in the memory phase).
+    warm = 4 * args.concurrency
+    asyncio.run(run_trace(server, [model] * warm, prompts(warm, args.prompt_len, args.vocab, seed + 4),
+                          args.output_len, args.concurrency))
     models = [model] * args.requests
     ids = prompts(args.requests, args.prompt_len, args.vocab, seed + 5)
-    out = {"system": system, "uniform": asyncio.run(run_trace(server, models, ids, args.output_len, args.concurrency))}
+    run = asyncio.run(run_trace(server, models, ids, args.output_len, args.concurrency))
+    out = {"system": system, "uniform": summarise([run], [1])}
     ids = prompts(args.probes, args.prompt_len, args.vocab, seed + 6)
     out["warm_ttft_ms"] = ms(np.median(asyncio.run(sequential_ttft(server, [model] * args.probes, ids))))
     return out
@@ -341,7 +314,11 @@ def compare(n: int, dense: dict, selora: dict, sizes: dict, memory: dict) -> dic
     def ratio(a, b):
         return round(a / b, 3) if a is not None and b else None
 
-    by_pop = {p: ratio(selora[p]["output_tokens_per_s"], dense[p]["output_tokens_per_s"]) for p in POPULARITY}
+    def round_ratio(pop):  # rounds are paired (same adapters' trace, ABBA order): median of their ratios
+        pairs = zip(selora[pop]["round_output_tokens_per_s"], dense[pop]["round_output_tokens_per_s"])
+        return round(float(np.median([a / b for a, b in pairs])), 3)
+
+    by_pop = {p: round_ratio(p) for p in POPULARITY}
     host = {s: memory.get(s, {}).get("host_bytes_per_adapter") for s in ("dense", "selora")}
     return {
         "n_adapters": n,
@@ -354,89 +331,6 @@ def compare(n: int, dense: dict, selora: dict, sizes: dict, memory: dict) -> dic
         "spectral_host_ratio": ratio(sizes["selora_disk_bytes"], host["dense"]),
         "dense": dense, "selora": selora,
     }
-
-
-# ---------------------------------------------------------------- output
-
-
-def print_table(doc: dict) -> None:
-    hw, cfg, sizes = doc["hardware"], doc["config"], doc["adapter"]
-    print(f"hardware: {hw['cpu']}, {hw['cpu_count']} cores, torch {hw['torch']}" + (f", {hw['gpu']}" if "gpu" in hw else ""))
-    print(f"model: {cfg['model_desc']}; adapters r={cfg['rank']} on {','.join(TARGETS)}, eta={cfg['eta']}, "
-          f"{cfg['dtype']}; slots {cfg['slots']}, host cache {cfg['host_cache']}, max-num-seqs {cfg['max_num_seqs']}")
-    print(f"trace: {cfg['requests']} requests per N and popularity, prompt {cfg['prompt_len']} + output "
-          f"{cfg['output_len']} tokens, concurrency {cfg['concurrency']}; cold/warm: {cfg['probes']} sequential requests")
-    print(f"per adapter: selora {sizes['selora_disk_bytes'] / 1024:.0f} KiB on disk, dense twin "
-          f"{sizes['dense_disk_bytes'] / 1024:.0f} KiB ({sizes['dense_tensor_bytes'] / 1024:.0f} KiB of tensors)")
-    for system, m in doc["memory"].items():
-        print(f"host memory per cached adapter, {system}: {m['host_bytes_per_adapter'] / 1024:.0f} KiB "
-              f"(RSS delta over {m['cached_adapters']} adapters; API server {m['api_bytes_per_adapter'] / 1024:.0f}, "
-              f"engine {m['engine_bytes_per_adapter'] / 1024:.0f})")
-    print(f"  in spectral form (the next step) a cached adapter would hold {sizes['selora_disk_bytes'] / 1024:.0f} KiB")
-    header = ("N", "system", "pop", "req/s", "tok/s", "TTFT50", "TTFT99", "ITL50", "cold", "warm")
-    print("\n" + " ".join(f"{h:>8}" for h in header) + "   (latencies in ms)")
-
-    def row(n, system, pop, r, cold, warm):
-        cells = (n, system, pop, r["requests_per_s"], r["output_tokens_per_s"], r["ttft_p50_ms"],
-                 r["ttft_p99_ms"], r["itl_p50_ms"], cold, warm)
-        print(" ".join(f"{c:>8.1f}" if isinstance(c, float) else f"{'' if c is None else c:>8}" for c in cells))
-
-    for rec in doc["records"]:
-        for system in ("dense", "selora"):
-            s = rec[system]
-            for k, pop in enumerate(POPULARITY):
-                row(rec["n_adapters"] if k == 0 else "", system, pop, s[pop],
-                    s["cold_ttft_ms"] if k == 0 else None, s["warm_ttft_ms"] if k == 0 else None)
-    for system, c in doc["ceilings"].items():
-        row("-", system, "-", c["uniform"], None, c["warm_ttft_ms"])
-    print("\nselora / dense (throughput: the lower of the two traces; decodes: selora worker decodes per N, p50 ms):")
-    print(" ".join(f"{h:>12}" for h in ("N", "throughput", "cold TTFT", "warm TTFT", "disk bytes", "host mem",
-                                         "decodes", "decode ms")))
-    for rec in doc["records"]:
-        cells = (rec["n_adapters"], rec["throughput_ratio"], rec["cold_ttft_ratio"], rec["warm_ttft_ratio"],
-                 rec["bytes_ratio"], rec["host_memory_ratio"], rec["selora"]["decodes"], rec["selora"]["decode_ms_p50"])
-        print(" ".join(f"{'-' if c is None else c:>12}" for c in cells))
-    print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in doc["targets"].items()))
-
-
-def plot(doc: dict, out_dir: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ns = [r["n_adapters"] for r in doc["records"]]
-    hw = doc["hardware"]
-    where = f"{doc['config']['model_desc']}; {hw.get('gpu') or hw['cpu']}, {hw['cpu_count']} cores"
-    paths = []
-    for key, ylabel, fname in (("output_tokens_per_s", "output tokens / s", "serve_throughput.png"),
-                               ("cold_ttft_ms", "cold-adapter TTFT (ms)", "serve_cold_ttft.png")):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for system, color, marker in (("dense", "C0", "o"), ("selora", "C3", "s")):
-            if key == "cold_ttft_ms":
-                ax.plot(ns, [r[system][key] for r in doc["records"]], color=color, marker=marker, label=system)
-                continue
-            for pop, ls in zip(POPULARITY, ("-", "--")):
-                ax.plot(ns, [r[system][pop][key] for r in doc["records"]], color=color, marker=marker, ls=ls,
-                        label=f"{system} ({pop})")
-        if key == "output_tokens_per_s":
-            for system, c in doc["ceilings"].items():
-                ax.axhline(c["uniform"][key], color="grey", ls=":" if system == "base" else "-.", label=f"{system} (ceiling)")
-        ax.set_ylim(bottom=0)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(ns, [str(n) for n in ns])
-        ax.set_xlabel("adapters (N)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(where, fontsize=8)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / fname
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(str(path))
-    return paths
 
 
 # ---------------------------------------------------------------- main
@@ -453,11 +347,14 @@ def parse_args(argv):
                    help="a local Hugging Face model directory instead of a preset (adapters are built for it)")
     p.add_argument("--rank", type=int, help="LoRA rank r (default: the preset's)")
     p.add_argument("--eta", type=float, default=0.6, help="SeLoRA spectral density (default: %(default)s)")
-    p.add_argument("--requests", type=int, default=64, help="requests per trace, whatever N (default: %(default)s)")
+    p.add_argument("--requests", type=int, default=128,
+                   help="requests per trace and round, whatever N (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of both traces per N and system, each on fresh adapters (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent streams (default: %(default)s)")
     p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens (default: %(default)s)")
     p.add_argument("--output-len", type=int, default=16, help="output tokens, eos ignored (default: %(default)s)")
-    p.add_argument("--probes", type=int, default=6,
+    p.add_argument("--probes", type=int, default=12,
                    help="cold and warm single requests per N; keep it above --slots (default: %(default)s)")
     p.add_argument("--mem-adapters", type=int, default=16,
                    help="adapters loaded for the host-memory measurement, < --host-cache (default: %(default)s)")
@@ -468,6 +365,9 @@ def parse_args(argv):
     p.add_argument("--vllm-args", default="", metavar="ARGS",
                    help="more vLLM options for every system, one shell-quoted string (e.g. on a GPU: "
                         "'--gpu-memory-utilization 0.85 --max-model-len 2048')")
+    p.add_argument("--page-cache-warm", action="store_true",
+                   help="do not drop the adapters' files from the page cache before each N: cold loads then "
+                        "read memory, not disk")
     p.add_argument("--seed", type=int, default=0, help="seed of adapters, traces and prompts (default: %(default)s)")
     p.add_argument("--work-dir", type=Path, help="keep the model, adapters and server logs here (in a sub-directory "
                    "per model, rank, eta and seed), reused by later runs (default: a temporary directory)")
@@ -477,16 +377,19 @@ def parse_args(argv):
                    help="where the PNG plots go (default: benchmarks/results)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.add_argument("--quick", action="store_true",
-                   help="CI smoke run: tiny model, N=2, dense and selora only, 8 requests, 5 probes, 4 memory adapters")
+                   help="CI smoke run: tiny model, N=2, dense and selora only, 8 requests, 1 round, 5 probes, "
+                        "4 memory adapters")
     args = p.parse_args(argv)
     if args.quick:
         args.sweep, args.systems, args.model_size = "2", "dense,selora", "tiny"
-        args.requests, args.probes, args.mem_adapters, args.concurrency = 8, 5, 4, 4
+        args.requests, args.rounds, args.probes, args.mem_adapters, args.concurrency = 8, 1, 5, 4, 4
     args.sweep_list = sorted({int(n) for n in args.sweep.split(",") if n.strip()})
     args.system_list = [s.strip() for s in args.systems.split(",") if s.strip()]
     bad = [s for s in args.system_list if s not in SYSTEMS]
     if bad or not {"dense", "selora"} <= set(args.system_list):
         p.error(f"--systems {args.systems!r}: choose from {','.join(SYSTEMS)}, including dense and selora")
+    if args.rounds < 1 or args.requests < 1:
+        p.error("--rounds and --requests must be at least 1")
     if args.mem_adapters >= args.host_cache:
         p.error(f"--mem-adapters {args.mem_adapters} must be below --host-cache {args.host_cache} (one more is loaded first)")
     if args.probes <= args.slots:
@@ -501,7 +404,7 @@ def parse_args(argv):
 
 def run(args, root: Path) -> dict:
     load = [round(x, 2) for x in psutil.getloadavg()]
-    names = adapter_names(args.sweep_list, args.probes, args.mem_adapters)
+    names = adapter_names(args.sweep_list, args.probes, args.mem_adapters, args.rounds)
     t0 = time.perf_counter()
     ws = build_workspace(root, args.spec, args.rank, args.eta, names, args.seed, model=args.model)
     build_s = time.perf_counter() - t0
@@ -522,11 +425,9 @@ def run(args, root: Path) -> dict:
         for system in ("dense", "selora"):
             memory[system] = measure_memory(servers[system], "mem-primer", [f"mem-{j}" for j in range(args.mem_adapters)],
                                             args, args.seed)
-        for k, n in enumerate(args.sweep_list):
-            order = ("dense", "selora") if k % 2 == 0 else ("selora", "dense")
-            for system in order:
-                print(f"N={n}: {system} ...", file=sys.stderr, flush=True)
-                results[system][n] = measure_n(servers[system], system, n, args, args.seed)
+        for n in args.sweep_list:
+            for system, result in measure_n(servers, ws, n, args, args.seed).items():
+                results[system][n] = result
     for system, model in (("base", BASE_NAME), ("merged", MERGED_NAME)):
         if system in args.system_list:
             server = start_system(system, ws, args, logs)
@@ -534,7 +435,7 @@ def run(args, root: Path) -> dict:
                 ceilings[system] = measure_ceiling(server, system, model, args, args.seed)
             finally:
                 launch.stop(server)
-    sizes = adapter_sizes(ws, f"n{args.sweep_list[0]}-a0")
+    sizes = adapter_sizes(ws, trace_names(args.sweep_list[0], 0)[0])
     records = [compare(n, results["dense"][n], results["selora"][n], sizes, memory) for n in args.sweep_list]
     targets = {
         "throughput>=0.97x": all(r["throughput_ratio"] >= 0.97 for r in records),
@@ -542,8 +443,8 @@ def run(args, root: Path) -> dict:
         "bytes<=0.42x": sizes["selora_disk_bytes"] <= 0.42 * sizes["dense_disk_bytes"],
     }
     config = {k: getattr(args, k) for k in ("model_size", "rank", "eta", "dtype", "slots", "host_cache", "max_num_seqs",
-                                            "requests", "concurrency", "prompt_len", "output_len", "probes",
-                                            "mem_adapters", "seed", "vllm_args")}
+                                            "requests", "rounds", "concurrency", "prompt_len", "output_len", "probes",
+                                            "mem_adapters", "seed", "vllm_args", "page_cache_warm")}
     config.update(model=str(args.model) if args.model else None, model_desc=desc, sweep=args.sweep_list,
                   systems=args.system_list, quick=args.quick, build_s=round(build_s, 1))
     return {"benchmark": "serve", "hardware": {**hardware(["cuda"] if not args.cpu else ["cpu"]),

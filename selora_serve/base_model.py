@@ -5,12 +5,16 @@
   works for any architecture transformers knows.
 - `fingerprint(config)`: sha256 of the architecture fields that decide those shapes, so an
   adapter can be checked against a base model before any tensor is touched.
+- `BaseFacts.of(config)`: both, computed once. A server checks every adapter it loads against
+  one base model; reading the config each time (a deep copy, a walk over the meta model) would
+  cost more than the check itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -82,25 +86,49 @@ def meta_model(config):
     return _meta_model(_config_key(config))
 
 
+@dataclass(frozen=True)
+class BaseFacts:
+    """What adapters are checked against: the fingerprint and every Linear's (in, out)."""
+
+    model_type: str
+    fingerprint: str
+    linear_shapes: tuple[tuple[str, tuple[int, int]], ...]  # (module path, (in, out)), model order
+
+    @classmethod
+    def of(cls, config) -> "BaseFacts":
+        if isinstance(config, cls):
+            return config
+        return _facts(_config_key(config))
+
+    def target_shapes(self, targets: tuple[str, ...] | list[str]) -> dict[str, tuple[int, int]]:
+        """{module path: (in_features, out_features)} for every Linear named in `targets`."""
+        shapes = {name: shape for name, shape in self.linear_shapes if name.rsplit(".", 1)[-1] in targets}
+        found = {n.rsplit(".", 1)[-1] for n in shapes}
+        missing = [t for t in targets if t not in found]
+        if missing:
+            linear_names = sorted({n.rsplit(".", 1)[-1] for n, _ in self.linear_shapes})
+            raise ValueError(
+                f"target module(s) {', '.join(missing)} not found in {self.model_type}; "
+                f"its linear layers are {', '.join(linear_names)}"
+            )
+        return shapes
+
+
+@lru_cache(maxsize=16)
+def _facts(key: str) -> BaseFacts:
+    data = json.loads(key)
+    linear = tuple(
+        (name, (mod.in_features, mod.out_features))
+        for name, mod in _meta_model(key).named_modules()
+        if isinstance(mod, torch.nn.Linear)
+    )
+    return BaseFacts(data["model_type"], _fingerprint(data), linear)
+
+
 def target_shapes(config, targets: tuple[str, ...] | list[str]) -> dict[str, tuple[int, int]]:
-    """{module path: (in_features, out_features)} for every Linear named in `targets`."""
-    model = meta_model(config)
-    shapes = {
-        name: (mod.in_features, mod.out_features)
-        for name, mod in model.named_modules()
-        if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets
-    }
-    found = {n.rsplit(".", 1)[-1] for n in shapes}
-    missing = [t for t in targets if t not in found]
-    if missing:
-        linear_names = sorted(
-            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        )
-        raise ValueError(
-            f"target module(s) {', '.join(missing)} not found in {config.model_type}; "
-            f"its linear layers are {', '.join(linear_names)}"
-        )
-    return shapes
+    """{module path: (in_features, out_features)} for every Linear named in `targets`
+    (`config`: a transformers config or its `BaseFacts`)."""
+    return BaseFacts.of(config).target_shapes(targets)
 
 
 def num_parameters(config) -> int:
@@ -108,6 +136,11 @@ def num_parameters(config) -> int:
 
 
 def fingerprint(config) -> str:
-    d = config.to_dict()
+    if isinstance(config, BaseFacts):
+        return config.fingerprint
+    return _fingerprint(config.to_dict())
+
+
+def _fingerprint(d: dict) -> str:
     facts = {k: d[k] for k in FINGERPRINT_FIELDS if d.get(k) is not None}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()

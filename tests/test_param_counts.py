@@ -25,3 +25,23 @@ def test_llama3_8b_counts_match_the_paper():
     assert lora == 56_623_104 and 0.70 <= 100 * lora / base < 0.71
     assert round(selora / 1e6, 1) == 22.6 and 0.28 <= 100 * selora / base < 0.29
     assert abs(selora / lora - 0.4) < 1e-4
+
+
+def test_base_facts_equal_a_walk_over_the_meta_model():
+    """BaseFacts (what a server checks every adapter against) computes the shapes and the
+    fingerprint once; both equal what the config gives directly."""
+    import pytest
+    import torch
+
+    from selora_serve.base_model import BaseFacts, fingerprint, meta_model
+
+    config = config_from_dict(dict(LLAMA3_8B, num_hidden_layers=2))
+    facts = BaseFacts.of(config)
+    assert BaseFacts.of(facts) is facts and BaseFacts.of(config) is facts  # cached per config
+    assert facts.fingerprint == fingerprint(config) == fingerprint(facts)
+    walked = {name: (m.in_features, m.out_features) for name, m in meta_model(config).named_modules()
+              if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ("q_proj", "down_proj")}
+    assert facts.target_shapes(("q_proj", "down_proj")) == walked == target_shapes(config, ["q_proj", "down_proj"])
+    assert walked["model.layers.1.mlp.down_proj"] == (14336, 4096)
+    with pytest.raises(ValueError, match="not found in llama; its linear layers are .*gate_proj"):
+        facts.target_shapes(("q_proj", "nope"))

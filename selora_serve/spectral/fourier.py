@@ -64,26 +64,31 @@ def even_half_positions(shape: tuple[int, int]) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _short_synthesis(r: int, device: str, dtype: torch.dtype) -> torch.Tensor:
-    """(2P, r) with P = r // 2 + 1: [cos; sin](2 pi p u / r) / r for output rows p < P."""
+def _short_synthesis(r: int, device: str, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    """(2P, r) with P = r // 2 + 1: [cos; sin](2 pi p u / r) * scale / r for output rows p < P."""
     p = np.arange(r // 2 + 1).reshape(-1, 1)
     u = np.arange(r).reshape(1, -1)
     angle = 2 * np.pi * ((p * u) % r) / r  # reduced mod r before scaling: exact angles
-    matrix = np.concatenate([np.cos(angle), np.sin(angle)]) / r
+    matrix = np.concatenate([np.cos(angle), np.sin(angle)]) * (scale / r)
     return torch.from_numpy(matrix).to(device=device, dtype=dtype)
 
 
 def synthesise_even(
-    half: torch.Tensor, shape: tuple[int, int], out: torch.Tensor | None = None
+    half: torch.Tensor,
+    shape: tuple[int, int],
+    out: torch.Tensor | None = None,
+    scale: float = 1.0,
 ) -> torch.Tensor:
-    """(c, *half_shape(shape)) float32/64 half spectra -> (c, m, n) matrices (steps 2-4 above).
+    """(c, *half_shape(shape)) float32/64 half spectra, times `scale` -> (c, m, n) matrices
+    (steps 2-4 above; the scale rides on the small synthesis matrix, free).
 
     Written into `out` (any float dtype, cast on write) if given, else into a new tensor of
-    `half`'s dtype.
+    `half`'s dtype. (Intermediates are allocated per call: reusing buffers across chunks was
+    measured slower, by making the allocator hand back and re-fault more of the output's pages.)
     """
     r, l = half_shape(shape)[0], max(shape)
     c, rows = half.shape[0], r // 2 + 1
-    z = torch.matmul(_short_synthesis(r, str(half.device), half.dtype), half)
+    z = torch.matmul(_short_synthesis(r, str(half.device), half.dtype, scale), half)
     top = torch.fft.irfft(torch.complex(z[:, :rows], z[:, rows:]), l, dim=-1)
     if out is None:
         out = torch.empty(c, *shape, dtype=top.dtype, device=top.device)
@@ -111,8 +116,7 @@ def ifft2_real_fast(spectrum: torch.Tensor) -> torch.Tensor:
     lead = spectrum.shape[:-2]
     index = _even_half_index((m, n), str(spectrum.device))
     pairs = spectrum.reshape(-1, m * n).index_select(-1, index).view(-1, 2, *half_shape((m, n)))
-    half = torch.add(pairs[:, 0], pairs[:, 1]).mul_(0.5)
-    return synthesise_even(half, (m, n)).view(*lead, m, n)
+    return synthesise_even(torch.add(pairs[:, 0], pairs[:, 1]), (m, n), scale=0.5).view(*lead, m, n)
 
 
 def fft2_real(matrix: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ import torch
 
 from . import fourier, wavelet
 from .basis import Basis
-from .omega import _omega_cached, num_coefficients, omega
+from .omega import _omega_cached, num_coefficients, omega, omega_digest
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ class _HaarDecoder(_Decoder):
 
 
 class _FourierDecoder(_Decoder):
-    coef_scale = 0.5  # E = (F + F[-u, -v]) / 2
+    # E = (F + F[-u, -v]) / 2: the 1/2 is applied by the synthesis matrix, not to the inputs
 
     def __init__(self, layout: MatrixLayout, device: str):
         super().__init__(layout, device, fourier.even_half_positions(layout.shape))
@@ -211,7 +211,7 @@ class _FourierDecoder(_Decoder):
         pairs = gathered.view(c, 2, *self.half)
         half = torch.add(pairs[:, 0], pairs[:, 1], out=scratch[0][:c])
         target = self._new(gathered, dtype) if out is None else out
-        return fourier.synthesise_even(half, self.layout.shape, target)
+        return fourier.synthesise_even(half, self.layout.shape, target, scale=0.5)
 
 
 class _SpectrumDecoder(_Decoder):
@@ -235,7 +235,7 @@ def _decoder(layout: MatrixLayout, device: str) -> _Decoder:
 
 def clear_caches() -> None:
     """Forget every cached Omega and decoding table (to time a cold first decode)."""
-    for cached in (_omega_cached, _positions_tensor, _gather_index, _decoder):
+    for cached in (_omega_cached, omega_digest, _positions_tensor, _gather_index, _decoder):
         cached.cache_clear()
 
 

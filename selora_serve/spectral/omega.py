@@ -83,3 +83,10 @@ def omega(seed: int, shape: tuple[int, int], k: int) -> np.ndarray:
 def omega_checksum(positions: np.ndarray) -> str:
     """sha256 (hex) of the positions as little-endian int64 bytes."""
     return hashlib.sha256(np.ascontiguousarray(positions, dtype="<i8").tobytes()).hexdigest()
+
+
+@lru_cache(maxsize=256)
+def omega_digest(seed: int, shape: tuple[int, int], k: int) -> str:
+    """`omega_checksum(omega(seed, shape, k))`, cached: a server verifies the same few Omegas
+    on every adapter load."""
+    return omega_checksum(omega(seed, shape, k))

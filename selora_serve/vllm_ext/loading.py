@@ -11,9 +11,12 @@ included, takes vLLM's own path unchanged.
   `validate_legal` (rank limit, unsupported features) still runs.
 - `WorkerLoRAManager.__init__` is wrapped to pass, through vLLM's own `lora_model_cls` parameter,
   a subclass of the LoRAModel class it would have used, bound to the served model's HF config.
-  Its `from_local_checkpoint` fully validates the checkpoint against that config (fingerprint and
+  Its `from_local_checkpoint` validates the checkpoint against that config (fingerprint and
   shapes: a mismatched adapter must never reach the slot copy), decodes A and B in memory
-  (nothing is written to disk) and hands the tensors to vLLM's `from_lora_tensors`.
+  (nothing is written to disk) and hands the tensors to vLLM's `from_lora_tensors`. This runs
+  inside the engine loop, so it does only what the API process has not: a snapshot the resolver
+  marked verified for this base (`store.is_verified`) skips the value-level checks (NaN/Inf,
+  Omega checksums); any other directory is verified in full here.
 
 vLLM's LRU caches then own the LoRAModel; when it is evicted and requested again, `_load_adapter`
 runs again and the coefficients are decoded again.
@@ -29,7 +32,8 @@ from dataclasses import dataclass, field
 from ..adapter import SpectralAdapter
 from ..checkpoint import is_selora_checkpoint, load_checkpoint, read_manifest
 from ..peft_io import dense_state_dict, peft_config_dict
-from .store import SEDORA_REFUSAL
+from ..base_model import BaseFacts
+from .store import SEDORA_REFUSAL, is_verified
 from . import metrics
 
 # A child of vLLM's logger, so it reaches the handlers vLLM configures in every process.
@@ -58,9 +62,12 @@ def peft_config_for(path: str) -> dict:
 
 
 def decode_tensors(path: str, base_config, expected_lora_modules: set[str]) -> dict:
-    """Validate the checkpoint at `path` against `base_config` and decode its PEFT-named tensors."""
+    """Validate the checkpoint at `path` against `base_config` (a config or its BaseFacts) and
+    decode its PEFT-named tensors."""
     start = time.perf_counter()
-    adapter = load_checkpoint(path, base_config=base_config)
+    facts = BaseFacts.of(base_config)
+    verified = is_verified(path, facts.fingerprint)
+    adapter = load_checkpoint(path, base_config=facts, verify=not verified)
     unexpected = sorted(n for n in adapter.modules if n.rsplit(".", 1)[-1] not in expected_lora_modules)
     if unexpected:
         raise ValueError(
@@ -72,7 +79,8 @@ def decode_tensors(path: str, base_config, expected_lora_modules: set[str]) -> d
     STATS.count += 1
     STATS.seconds.append(elapsed)
     metrics.observe_decode(elapsed)
-    logger.info("decoded SeLoRA adapter %s (%d modules) in %.1f ms", path, len(adapter.modules), 1e3 * elapsed)
+    logger.info("decoded SeLoRA adapter %s (%d modules%s) in %.1f ms", path, len(adapter.modules),
+                ", verified snapshot" if verified else "", 1e3 * elapsed)
     return tensors
 
 
@@ -117,7 +125,7 @@ def install() -> None:
 
         @functools.wraps(init)
         def __init__(self, vllm_config, device, embedding_modules, lora_model_cls=LoRAModel):
-            base_config = vllm_config.model_config.hf_config
+            base_config = BaseFacts.of(vllm_config.model_config.hf_config)
             metrics.worker_metrics()  # the adapter metrics of this worker exist from now on
             init(self, vllm_config, device, embedding_modules, selora_model_class(lora_model_cls, base_config))
 

@@ -30,7 +30,8 @@ import tempfile
 from pathlib import Path
 
 from ..envdir import env_scratch_dir
-from .store import ENV_DIRS, AdapterError, AdapterStore, snapshot, validate
+from ..base_model import BaseFacts
+from .store import ENV_DIRS, AdapterError, AdapterStore, mark_verified, snapshot, validate
 
 RESOLVER_NAME = "selora-store"
 ENV_MAX_RANK = "SELORA_MAX_LORA_RANK"  # set by `selora-serve`; checked before the engine is asked
@@ -54,11 +55,11 @@ def snapshot_root() -> Path:
 
 
 @functools.lru_cache(maxsize=4)
-def _base_config(base_model_name: str):
-    """The HF config of the served base model (vLLM passes its model path or hub id)."""
+def _base_facts(base_model_name: str) -> BaseFacts:
+    """The served base model's `BaseFacts` (vLLM passes its model path or hub id)."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(base_model_name)
+    return BaseFacts.of(AutoConfig.from_pretrained(base_model_name))
 
 
 def _make_resolver_class():
@@ -77,7 +78,9 @@ def _make_resolver_class():
                 return None
             path = snapshot(found, snapshot_root())
             if found.kind == "selora":
-                validate(lora_name, path, _base_config(base_model_name), max_rank=self.max_rank)
+                facts = _base_facts(base_model_name)
+                validate(lora_name, path, facts, max_rank=self.max_rank)
+                mark_verified(path, facts.fingerprint)
             # The id is a placeholder: vLLM assigns the real one before loading.
             return LoRARequest(lora_name=lora_name, lora_int_id=1, lora_path=str(path))
 

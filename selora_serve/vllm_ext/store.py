@@ -19,6 +19,9 @@ one open descriptor of the adapter's directory: a directory swapped by rename mi
 atomic write here does) yields the old files or the new ones, never some of each. The server
 validates and loads that copy, so what was validated is what vLLM loads, and an adapter deleted
 or replaced in the store later changes nothing until it is unloaded and requested again.
+`mark_verified` then records, inside the snapshot, the base model it was fully verified against;
+the engine's worker, which decodes the snapshot inside the engine loop (every tenant waits),
+skips the checks that read every value for a snapshot so marked (`is_verified`).
 """
 
 from __future__ import annotations
@@ -214,6 +217,29 @@ def snapshot(found: StoredAdapter, root: str | Path) -> Path:
         raise
     finally:
         os.close(dir_fd)
+
+
+VERIFIED_MARK = ".selora-verified"  # in a snapshot: the fingerprint of the base it was verified for
+
+
+def mark_verified(path: str | Path, fingerprint: str) -> None:
+    """Record in the snapshot at `path` that it passed `validate` for the base `fingerprint`.
+
+    Written to a temporary name and renamed: a reader sees the whole mark or none. Not synced
+    to disk: snapshots live as long as the server process.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=f"{VERIFIED_MARK}.tmp-")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(fingerprint)
+    os.replace(tmp, Path(path) / VERIFIED_MARK)
+
+
+def is_verified(path: str | Path, fingerprint: str) -> bool:
+    """True if the snapshot at `path` was marked verified for the base `fingerprint`."""
+    try:
+        return (Path(path) / VERIFIED_MARK).read_text() == fingerprint
+    except OSError:
+        return False
 
 
 def _candidates(root: Path) -> Iterable[str]:

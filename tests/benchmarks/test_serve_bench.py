@@ -40,11 +40,11 @@ def test_quick_run_writes_the_json_contract(tmp_path):
         figures = record[system]
         assert figures["cold_ttft_ms"] > 0 and figures["warm_ttft_ms"] > 0
         for pop in ("uniform", "zipf"):
-            assert figures[pop]["requests"] == doc["config"]["requests"]
+            assert figures[pop]["requests"] == doc["config"]["requests"] * doc["config"]["rounds"]
             assert figures[pop]["output_tokens_per_s"] > 0
     # Every trace request and cold probe decoded once; nothing was evicted at this size.
     selora = record["selora"]
-    assert selora["decodes"] == selora["uniform"]["distinct_models"] + doc["config"]["probes"]
+    assert selora["decodes"] == sum(selora["uniform"]["distinct_models"]) + doc["config"]["probes"]
     # Same adapter, same dtype: the spectral checkpoint is well under half the dense file.
     assert record["bytes_ratio"] < 0.5
     assert all(Path(p).is_file() for p in doc["plots"])

@@ -120,6 +120,28 @@ def test_non_finite_coefficients(ckpt, bad):
     _expect(ckpt, COEF_FILE, key, "NaN/Inf")
 
 
+def test_huge_finite_coefficients_are_accepted(ckpt):
+    """The NaN/Inf check sums everything first; a sum that overflows is not an error."""
+    tensors = load_file(str(ckpt / COEF_FILE))
+    key = next(k for k in tensors if k.endswith("coef_b"))
+    tensors[key][:4] = 3e38
+    save_file(tensors, str(ckpt / COEF_FILE))
+    assert load_checkpoint(ckpt).modules[key.removesuffix(".coef_b")].coef_b[0] == 3e38
+
+
+def test_verify_false_still_checks_structure(ckpt):
+    """verify=False (a server's verified snapshot) skips value checks, not the structure."""
+    tensors = load_file(str(ckpt / COEF_FILE))
+    key = next(k for k in tensors if k.endswith("coef_b"))
+    tensors[key][3] = float("nan")
+    save_file(tensors, str(ckpt / COEF_FILE))
+    assert load_checkpoint(ckpt, verify=False).modules[key.removesuffix(".coef_b")].coef_b[3].isnan()
+    tensors[key] = tensors[key][:-1].clone()
+    save_file(tensors, str(ckpt / COEF_FILE))
+    with pytest.raises(CheckpointError, match="expected k ="):
+        load_checkpoint(ckpt, verify=False)
+
+
 def test_missing_and_extra_tensors(ckpt):
     tensors = load_file(str(ckpt / COEF_FILE))
     extra = dict(tensors, **{"junk": torch.zeros(1)})

@@ -97,10 +97,12 @@ def test_lru_rotation_keeps_outputs_right(server, expected, spare_checkpoints):
     for _ in range(2):
         for name in names:
             assert complete(client, name, PROMPTS[:2]) == expected(server.store / name, PROMPTS)[:2], name
-    # The worker logs each decode (of the adapter's private snapshot, "<name>-<content hash>"):
-    # evicted adapters were decoded again, not kept somewhere.
+    # The worker logs each decode (of the adapter's private snapshot, "<name>-<content hash>",
+    # which the API process verified and marked): evicted adapters were decoded again, not kept
+    # somewhere, and the worker skipped the checks the API process had done.
     log = server.log.read_text(errors="replace")
-    assert len(re.findall(r"decoded SeLoRA adapter \S+/late-1-[0-9a-f]{16} ", log)) >= 2
+    decodes = re.findall(r"decoded SeLoRA adapter \S+/late-1-[0-9a-f]{16} \(\d+ modules(, verified snapshot)?\)", log)
+    assert len(decodes) >= 2 and all(decodes), decodes
 
 
 def _post(server, path, body):

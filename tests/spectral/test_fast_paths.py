@@ -12,6 +12,7 @@ import torch
 
 from selora_serve.spectral import fourier, materialise as mat, wavelet
 from selora_serve.spectral.basis import Basis
+from selora_serve.spectral.omega import omega_checksum, omega_digest
 from selora_serve.spectral.materialise import (
     layout_for,
     materialise,
@@ -127,12 +128,18 @@ def test_fourier_synthesis_writes_into_a_low_precision_output():
     torch.testing.assert_close(out, fourier.ifft2_real(spectrum).to(torch.bfloat16))
 
 
+def test_omega_digest_is_the_checksum_of_omega():
+    layout = layout_for(FAST[0], 11, 0.6, (8, 64))
+    assert omega_digest(11, layout.spectral_shape, layout.k) == omega_checksum(layout.positions)
+
+
 def test_clear_caches_forgets_tables():
     layout = layout_for(FAST[1], 3, 0.6, (8, 64))
     materialise(torch.zeros(layout.k), layout)
-    assert mat._decoder.cache_info().currsize > 0
+    omega_digest(layout.seed, layout.spectral_shape, layout.k)
+    assert mat._decoder.cache_info().currsize > 0 and omega_digest.cache_info().currsize > 0
     mat.clear_caches()
-    assert mat._decoder.cache_info().currsize == 0
+    assert mat._decoder.cache_info().currsize == 0 and omega_digest.cache_info().currsize == 0
 
 
 def test_benchmark_quick_smoke(tmp_path):
