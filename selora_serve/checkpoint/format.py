@@ -240,13 +240,18 @@ def _read_tensors(manifest: Manifest, check_values: bool = True) -> dict[str, to
             raise CheckpointError(file, key, f"dtype {name}, manifest says {manifest.coefficient_dtype}")
     # One reduction instead of an elementwise test: any NaN/Inf makes the sum non-finite. (So
     # can an overflow of finite values; the exact test below then finds no culprit.)
-    flat = torch.cat([t.reshape(-1) for t in tensors.values()])
-    if check_values and not torch.isfinite(flat.sum(dtype=torch.float32)):
+    if check_values and not _all_finite_fast(tensors.values()):
         for key in expected:  # slow path, only to name the culprit
             bad = int((~torch.isfinite(tensors[key])).sum())
             if bad:
                 raise CheckpointError(file, key, f"{bad} NaN/Inf value(s); coefficients must be finite")
     return {key: tensors[key] for key in expected}
+
+
+def _all_finite_fast(tensors) -> bool:
+    """True if the float32 sum of every value is finite: always so when all values are finite,
+    unless the sum overflows (then callers run the exact per-tensor test)."""
+    return bool(torch.isfinite(torch.cat([t.reshape(-1) for t in tensors]).sum(dtype=torch.float32)))
 
 
 def verify_omega(manifest: Manifest) -> None:
