@@ -366,8 +366,8 @@ def parse_args(argv):
                    help="more vLLM options for every system, one shell-quoted string (e.g. on a GPU: "
                         "'--gpu-memory-utilization 0.85 --max-model-len 2048')")
     p.add_argument("--page-cache-warm", action="store_true",
-                   help="do not drop the adapters' files from the page cache before each N: cold loads then "
-                        "read memory, not disk")
+                   help="do not drop the adapters' files from the page cache before each round and the "
+                        "probes: cold loads then read memory, not disk")
     p.add_argument("--seed", type=int, default=0, help="seed of adapters, traces and prompts (default: %(default)s)")
     p.add_argument("--work-dir", type=Path, help="keep the model, adapters and server logs here (in a sub-directory "
                    "per model, rank, eta and seed), reused by later runs (default: a temporary directory)")

@@ -137,6 +137,9 @@ class AdminPlugin:
                 lora, err = await resolve(request, name)
                 if err:
                     return err
+                # Known by name is not resident: the engine's host cache may have evicted it since,
+                # and vLLM pins only resident adapters. add_lora reloads it, or does nothing.
+                await self.engine.add_lora(lora)
                 await self.engine.pin_lora(lora.lora_int_id)
                 self.pinned.add(name)
             return {"name": name, "pinned": True}

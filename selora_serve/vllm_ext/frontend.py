@@ -1,10 +1,13 @@
 """API-server side: SeLoRA checkpoints are validated before the engine is asked to load them.
 
 vLLM 0.32's `OpenAIServingModels.load_lora_adapter` (behind `POST /v1/load_lora_adapter` and
-`--lora-modules`) reports any engine-side load failure as a 500. For a SeLoRA directory we first
-run the full validation here, against the served model's HF config, and answer a corrupt,
-truncated or mismatched checkpoint with a 400 that names the adapter and the reason; the engine
-never sees it, so every other adapter keeps being served. Other paths go to vLLM unchanged.
+`--lora-modules`) reports any engine-side load failure as a 500. A SeLoRA directory named there
+is handled like a store adapter (`resolver.verified_snapshot`): copied into a private snapshot,
+validated in full against the served model, and only that snapshot's path is passed on; a
+corrupt, truncated or mismatched checkpoint gets a 400 naming the adapter and the reason, and
+the engine never sees it. The engine reloads an evicted adapter from its path inside a model
+step, so the directory the admin named may change or vanish afterwards without harm. Other
+paths go to vLLM unchanged.
 
 `OpenAIServingModels.show_available_models` (`GET /v1/models`) lists only adapters vLLM has
 already loaded; with a store configured, the store's other adapters are listed after them
@@ -17,8 +20,11 @@ import asyncio
 import functools
 from http import HTTPStatus
 
+from pathlib import Path
+
 from ..checkpoint import is_selora_checkpoint
-from .store import AdapterError, AdapterStore, validate
+from .resolver import verified_snapshot
+from .store import AdapterError, AdapterStore, StoredAdapter
 
 _MARK = "_selora_patched"
 
@@ -36,17 +42,19 @@ def install() -> None:
     async def load_lora_adapter(self, request, base_model_name=None):
         path = request.lora_path
         if path and is_selora_checkpoint(path):
-            max_rank = getattr(getattr(self.engine_client, "vllm_config", None), "lora_config", None)
+            lora_config = getattr(getattr(self.engine_client, "vllm_config", None), "lora_config", None)
+            found = StoredAdapter(request.lora_name, Path(path), Path(path).parent, "selora")
             try:
-                await asyncio.to_thread(
-                    validate, request.lora_name, path, self.model_config.hf_config,
-                    max_rank=getattr(max_rank, "max_lora_rank", None),
+                snap = await asyncio.to_thread(
+                    verified_snapshot, found, self.model_config.hf_config,
+                    getattr(lora_config, "max_lora_rank", None),
                 )
             except AdapterError as exc:
                 return create_error_response(
                     message=str(exc), err_type="BadRequestError", status_code=HTTPStatus.BAD_REQUEST,
                     param="lora_path",
                 )
+            request = request.model_copy(update={"lora_path": str(snap)})
         return await original(self, request, base_model_name)
 
     setattr(load_lora_adapter, _MARK, True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..envdir import env_scratch_dir
 from ..base_model import BaseFacts
-from .store import ENV_DIRS, AdapterError, AdapterStore, mark_verified, snapshot, validate
+from .store import ENV_DIRS, AdapterError, AdapterStore, StoredAdapter, mark_verified, snapshot, validate
 
 RESOLVER_NAME = "selora-store"
 ENV_MAX_RANK = "SELORA_MAX_LORA_RANK"  # set by `selora-serve`; checked before the engine is asked
@@ -52,6 +52,18 @@ def snapshot_root() -> Path:
         _own_root = Path(tempfile.mkdtemp(prefix="selora-serve-snapshots-"))
         atexit.register(shutil.rmtree, _own_root, True)
     return _own_root
+
+
+def verified_snapshot(found: StoredAdapter, base, max_rank: int | None = None) -> Path:
+    """Snapshot `found` under `snapshot_root()`; a SeLoRA snapshot is then validated in full for
+    the base model `base` (a config or its BaseFacts) and marked verified. Raises AdapterError
+    naming `found.name` and the reason."""
+    path = snapshot(found, snapshot_root())
+    if found.kind == "selora":
+        facts = BaseFacts.of(base)
+        validate(found.name, path, facts, max_rank=max_rank)
+        mark_verified(path, facts.fingerprint)
+    return path
 
 
 @functools.lru_cache(maxsize=4)
@@ -76,11 +88,7 @@ def _make_resolver_class():
             found = self.store.find(lora_name)
             if found is None:
                 return None
-            path = snapshot(found, snapshot_root())
-            if found.kind == "selora":
-                facts = _base_facts(base_model_name)
-                validate(lora_name, path, facts, max_rank=self.max_rank)
-                mark_verified(path, facts.fingerprint)
+            path = verified_snapshot(found, _base_facts(base_model_name), self.max_rank)
             # The id is a placeholder: vLLM assigns the real one before loading.
             return LoRARequest(lora_name=lora_name, lora_int_id=1, lora_path=str(path))
 
@@ -108,4 +116,5 @@ def register_from_env() -> bool:
     return True
 
 
-__all__ = ["ENV_DIRS", "ENV_MAX_RANK", "ENV_SNAPSHOTS", "RESOLVER_NAME", "register_from_env", "snapshot_dir"]
+__all__ = ["ENV_DIRS", "ENV_MAX_RANK", "ENV_SNAPSHOTS", "RESOLVER_NAME", "register_from_env", "snapshot_dir",
+           "verified_snapshot"]

@@ -34,6 +34,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
+from urllib.parse import quote
 
 from ..checkpoint import COEF_FILE, CONFIG_FILE, CheckpointError, Manifest, is_selora_checkpoint, load_checkpoint
 from ..checkpoint.format import check_against_base, read_manifest
@@ -204,7 +205,8 @@ def snapshot(found: StoredAdapter, root: str | Path) -> Path:
                             raise AdapterError(found.name, f"adapter directory larger than {MAX_SNAPSHOT_BYTES} bytes")
                         digest.update(chunk)
                         dst.write(chunk)
-        final = root / f"{found.name.replace('/', '%2F')}-{digest.hexdigest()[:16]}"
+        # any name (vLLM's lora_name is free text) becomes one safe, bounded path component
+        final = root / f"{quote(found.name, safe='')[:100]}-{digest.hexdigest()[:16]}"
         try:
             os.rename(tmp, final)
         except OSError:

@@ -154,6 +154,29 @@ def test_load_lora_adapter_route_accepts_selora_and_refuses_broken(server, expec
     assert status == 400 and "bad-route" in err["message"] and "truncated" in err["message"], err
 
 
+def test_explicit_path_is_snapshotted_so_the_source_may_change(server, expected, spare_checkpoints, tmp_path):
+    """/v1/load_lora_adapter with a SeLoRA directory outside the store: the engine gets a
+    verified private copy, so deleting the directory later cannot break a reload after eviction."""
+    for name in ("late-1", "late-2"):
+        if not (server.store / name).exists():
+            _copy_in(spare_checkpoints[name], server.store, name)
+    source = shutil.copytree(server.store / "haar", tmp_path / "explicit")
+    want = expected(server.store / "haar", PROMPTS)[:1]
+    status, text = _post(server, "/v1/load_lora_adapter", {"lora_name": "explicit/one", "lora_path": str(source)})
+    assert status == 200, text
+    client = server.client()
+    assert complete(client, "explicit/one", PROMPTS[:1]) == want
+    shutil.rmtree(source)
+    others = ["db4", "fourier", "late-1", "late-2", "haar"]
+    assert len(others) > HOST_CACHE
+    for name in others:  # evicts it from the host cache
+        complete(client, name, PROMPTS[:1])
+    assert complete(client, "explicit/one", PROMPTS[:1]) == want
+    log = server.log.read_text(errors="replace")
+    decodes = re.findall(r"decoded SeLoRA adapter \S+/explicit%2Fone-[0-9a-f]{16} \(\d+ modules(, verified snapshot)?\)", log)
+    assert len(decodes) >= 2 and all(decodes), decodes  # decoded again, from the verified snapshot
+
+
 def _get(server, path):
     with urllib.request.urlopen(f"{server.url}{path}", timeout=60) as resp:
         return json.loads(resp.read())
@@ -166,6 +189,24 @@ def _state(server, name):
 def test_adapter_pinned_at_start_up_is_reported_pinned_and_never_evicted(server):
     """--pin at start-up; by now the LRU rotation above has cycled more adapters than fit."""
     assert _state(server, PINNED)["state"] == {"on_disk": True, "loaded": True, "host_cache": True, "slot": True, "pinned": True}
+
+
+def test_pinning_an_adapter_the_host_cache_evicted_reloads_it(server, expected, spare_checkpoints):
+    """vLLM pins only resident adapters; a name the API knows may have left the host cache."""
+    for name in ("late-1", "late-2"):
+        if not (server.store / name).exists():
+            _copy_in(spare_checkpoints[name], server.store, name)
+    client = server.client()
+    others = ["db4", "late-2", "haar"]
+    assert len(others) + 1 == HOST_CACHE  # with the pinned adapter, they fill the host cache
+    for name in ["late-1", *others]:  # late-1 first, then pushed out
+        complete(client, name, PROMPTS[:1])
+    assert not _state(server, "late-1")["state"]["host_cache"]
+    status, text = _post(server, "/v1/selora/adapters/late-1/pin", {})
+    assert status == 200, text
+    assert _state(server, "late-1")["state"]["pinned"] and _state(server, "late-1")["state"]["host_cache"]
+    assert complete(client, "late-1", PROMPTS[:1]) == expected(server.store / "late-1", PROMPTS)[:1]
+    assert _post(server, "/v1/selora/adapters/late-1/unpin", {})[0] == 200
 
 
 def test_admin_lists_loads_pins_and_really_unloads(server, expected):
