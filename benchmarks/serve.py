@@ -270,7 +270,6 @@ def measure_n(servers: dict, ws: Workspace, n: int, args, seed: int) -> dict[str
                 ids = prompts(args.requests, args.prompt_len, args.vocab, seed + 10 * n + k + 1000 * rnd)
                 runs[system][pop].append(asyncio.run(run_trace(servers[system], traces[pop], ids, args.output_len,
                                                                args.concurrency)))
-    decodes = decode_times(servers["selora"])[decodes_before:]  # first touches, evictions, probes
     probes = probe_names(n, args.probes)
     if not args.page_cache_warm:
         pagecache.evict(dirs[system] / name for system in dirs for name in probes)
@@ -282,7 +281,7 @@ def measure_n(servers: dict, ws: Workspace, n: int, args, seed: int) -> dict[str
     for phase, offset, order in (("cold", 0, first), ("warm", args.probes, first[::-1])):
         for system in order:
             ttft[system][phase] = asyncio.run(sequential_ttft(servers[system], probes, ids[offset:offset + args.probes]))
-    decodes += decode_times(servers["selora"])[decodes_before + len(decodes):]
+    decodes = decode_times(servers["selora"])[decodes_before:]  # first touches, evictions, probes
     out = {}
     for system in dirs:
         out[system] = {"system": system, "n_adapters": n,
