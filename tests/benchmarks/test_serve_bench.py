@@ -48,3 +48,12 @@ def test_quick_run_writes_the_json_contract(tmp_path):
     # Same adapter, same dtype: the spectral checkpoint is well under half the dense file.
     assert record["bytes_ratio"] < 0.5
     assert all(Path(p).is_file() for p in doc["plots"])
+
+
+@pytest.mark.parametrize("flag", ["--rounds", "--requests"])
+def test_serve_benchmark_refuses_zero_rounds_or_requests(flag, capsys):
+    from benchmarks import serve
+
+    with pytest.raises(SystemExit):
+        serve.parse_args([flag, "0"])
+    assert "--rounds and --requests must be at least 1" in capsys.readouterr().err

@@ -22,3 +22,4 @@ def test_traces_are_seeded_and_zipf_favours_the_first_names():
     zipf = trace_models(names, 2000, "zipf", 3)
     assert zipf.count("a0") > 5 * zipf.count("a40")
     assert set(trace_models(names, 2000, "uniform", 3)) == set(names)
+
