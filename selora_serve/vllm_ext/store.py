@@ -2,7 +2,7 @@
 
     store = AdapterStore(["/srv/adapters", "/srv/more"])
     found = store.find("support-bot")      # -> StoredAdapter | None; raises AdapterNameError
-    store.validate(found, base_config)     # -> Manifest; raises AdapterError naming the reason
+    validate(found.name, found.path, base)  # -> Manifest; raises AdapterError naming the reason
 
 A name is a relative path of one or more components ("support-bot", "team/support-bot"); the
 first root that holds it wins. Names that could leave the store are refused before the file
