@@ -22,11 +22,11 @@ Each system's figures pool the rounds (throughput: total output tokens over tota
 throughput ratio is the median over rounds of each round's selora/dense ratio, so one stall in
 one round (seen here: ~1 s, in either system) does not decide it. Per server:
 
-  memory   after one base-model request and one adapter request (one-time costs: imports,
-           decoding tables), process-tree RSS (psutil) before and after loading M fresh adapters
-           into the host cache (M < host cache, one 2-token request each);
-           (after - before) / M = host memory per cached adapter. Beside it: dense tensor bytes,
-           and the spectral bytes on disk (what a cache kept in spectral form would hold).
+  memory   host memory per cached adapter (`benchmarks/hostmem.py`): process-tree RSS growth
+           over loading M fresh adapters into the host cache (M < host cache), and for
+           selora-serve the exact bytes its cache holds per adapter (from its /metrics): dense
+           A and B, or only the coefficients with --host-cache-form spectral (then every
+           activation decodes). Beside them: the dense tensor bytes plain vLLM caches.
   trace    R requests per round (a fixed total, not per adapter: at N=256 and R=128 most
            requests hit a cold adapter), model names drawn from N adapters uniformly and by Zipf popularity
            (p_i ~ 1/i), seeded; fixed prompt length (distinct random token ids per request, so
@@ -81,11 +81,13 @@ from selora_serve.tiny import TinySpec, build_tiny_model
 try:  # sibling modules: importable as benchmarks.* from the root, as plain modules from here
     from benchmarks import pagecache
     from benchmarks.decode import hardware
+    from benchmarks.hostmem import measure_memory
     from benchmarks.serve_report import POPULARITY, TARGETS, plot, print_table
     from benchmarks.traffic import ms, prompts, run_trace, sequential_ttft, summarise, trace_models
 except ImportError:
     import pagecache
     from decode import hardware
+    from hostmem import measure_memory
     from serve_report import POPULARITY, TARGETS, plot, print_table
     from traffic import ms, prompts, run_trace, sequential_ttft, summarise, trace_models
 
@@ -164,11 +166,12 @@ def _signs(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.randint(0, 2, t.shape, generator=gen).to(t.dtype) * 2 - 1
 
 
-def adapter_sizes(ws: Workspace, name: str) -> dict:
+def adapter_sizes(ws: Workspace, name: str, dtype: str) -> dict:
+    """Bytes per adapter: on disk in both forms, and the dense tensors at the engine's `dtype`."""
     manifest = read_manifest(ws.store / name)
     dense_files = sum(f.stat().st_size for f in (ws.dense / name).iterdir() if f.is_file())
     return {"selora_disk_bytes": bytes_on_disk(ws.store / name), "dense_disk_bytes": dense_files,
-            "dense_tensor_bytes": dense_lora_bytes(manifest, "float32"),
+            "dense_tensor_bytes": dense_lora_bytes(manifest, dtype),
             "coefficients": manifest.num_coefficients()}
 
 
@@ -194,7 +197,8 @@ def start_system(system: str, ws: Workspace, args, logs: Path) -> launch.ServerP
         cmd = launch.vllm_command(model + common + lora)
         env = {**plain_env, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "VLLM_LORA_RESOLVER_CACHE_DIR": str(ws.dense)}
     elif system == "selora":
-        cmd, env = launch.selora_serve_command(model + ["--adapters", str(ws.store)] + common + lora), {}
+        form = ["--host-cache-form", args.host_cache_form]
+        cmd, env = launch.selora_serve_command(model + ["--adapters", str(ws.store)] + form + common + lora), {}
     elif system == "base":
         cmd, env = launch.vllm_command(model + common), plain_env
     elif system == "merged":
@@ -208,38 +212,12 @@ def start_system(system: str, ws: Workspace, args, logs: Path) -> launch.ServerP
     return launch.start(cmd, logs / f"{system}.log", env=env, timeout=args.startup_timeout, name=system)
 
 
-def tree_rss(server: launch.ServerProcess) -> tuple[int, int]:
-    """Resident bytes of the server's API process, and of every process under it (engine, workers)."""
-    root = psutil.Process(server.process.pid)
-    below = 0
-    for proc in root.children(recursive=True):
-        try:
-            below += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return root.memory_info().rss, below
-
-
 def decode_times(server: launch.ServerProcess) -> list[float]:
     """Milliseconds of every SeLoRA decode the server's worker has logged so far."""
     return [float(t) for t in DECODE_LOG.findall(server.log.read_text(errors="replace"))]
 
 
 # ---------------------------------------------------------------- phases
-
-
-def measure_memory(server, primer: str, names: list[str], args, seed: int) -> dict:
-    """Host memory per cached adapter: RSS growth over loading `names`, after `primer`."""
-    asyncio.run(sequential_ttft(server, [BASE_NAME, primer], prompts(2, args.prompt_len, args.vocab, seed)))
-    time.sleep(1)  # let the first request's transient allocations settle
-    before = tree_rss(server)
-    asyncio.run(sequential_ttft(server, names, prompts(len(names), args.prompt_len, args.vocab, seed + 1)))
-    time.sleep(1)
-    after = tree_rss(server)
-    m = max(1, len(names))
-    return {"cached_adapters": len(names), "rss_before_bytes": sum(before), "rss_after_bytes": sum(after),
-            "host_bytes_per_adapter": (sum(after) - sum(before)) // m,
-            "api_bytes_per_adapter": (after[0] - before[0]) // m, "engine_bytes_per_adapter": (after[1] - before[1]) // m}
 
 
 def measure_n(servers: dict, ws: Workspace, n: int, args, seed: int) -> dict[str, dict]:
@@ -319,6 +297,7 @@ def compare(n: int, dense: dict, selora: dict, sizes: dict, memory: dict) -> dic
 
     by_pop = {p: round_ratio(p) for p in POPULARITY}
     host = {s: memory.get(s, {}).get("host_bytes_per_adapter") for s in ("dense", "selora")}
+    cache = memory.get("selora", {}).get("cache_bytes_per_adapter")
     return {
         "n_adapters": n,
         "throughput_ratio": min(by_pop.values()),
@@ -327,7 +306,7 @@ def compare(n: int, dense: dict, selora: dict, sizes: dict, memory: dict) -> dic
         "warm_ttft_ratio": ratio(selora["warm_ttft_ms"], dense["warm_ttft_ms"]),
         "bytes_ratio": ratio(sizes["selora_disk_bytes"], sizes["dense_disk_bytes"]),
         "host_memory_ratio": ratio(host["selora"], host["dense"]),
-        "spectral_host_ratio": ratio(sizes["selora_disk_bytes"], host["dense"]),
+        "cache_bytes_ratio": ratio(cache, sizes["dense_tensor_bytes"]),
         "dense": dense, "selora": selora,
     }
 
@@ -359,6 +338,9 @@ def parse_args(argv):
                    help="adapters loaded for the host-memory measurement, < --host-cache (default: %(default)s)")
     p.add_argument("--slots", type=int, default=4, help="--max-loras for both systems (default: %(default)s)")
     p.add_argument("--host-cache", type=int, default=32, help="--max-cpu-loras for both systems (default: %(default)s)")
+    p.add_argument("--host-cache-form", choices=("dense", "spectral"), default="dense",
+                   help="selora-serve's --host-cache-form: dense holds decoded A and B like plain vLLM, spectral "
+                        "only the coefficients, decoded on each activation (default: %(default)s)")
     p.add_argument("--max-num-seqs", type=int, default=16, help="vLLM batch limit (default: %(default)s)")
     p.add_argument("--dtype", default=None, help="engine dtype (default: float32 on CPU, bfloat16 on GPU)")
     p.add_argument("--vllm-args", default="", metavar="ARGS",
@@ -422,8 +404,9 @@ def run(args, root: Path) -> dict:
             servers[system] = start_system(system, ws, args, logs)
             stack.callback(launch.stop, servers[system])
         for system in ("dense", "selora"):
-            memory[system] = measure_memory(servers[system], "mem-primer", [f"mem-{j}" for j in range(args.mem_adapters)],
-                                            args, args.seed)
+            memory[system] = measure_memory(servers[system], BASE_NAME, "mem-primer",
+                                            [f"mem-{j}" for j in range(args.mem_adapters)], args.prompt_len,
+                                            args.vocab, args.seed)
         for n in args.sweep_list:
             for system, result in measure_n(servers, ws, n, args, args.seed).items():
                 results[system][n] = result
@@ -434,7 +417,7 @@ def run(args, root: Path) -> dict:
                 ceilings[system] = measure_ceiling(server, system, model, args, args.seed)
             finally:
                 launch.stop(server)
-    sizes = adapter_sizes(ws, trace_names(args.sweep_list[0], 0)[0])
+    sizes = adapter_sizes(ws, trace_names(args.sweep_list[0], 0)[0], args.dtype)
     records = [compare(n, results["dense"][n], results["selora"][n], sizes, memory) for n in args.sweep_list]
     targets = {
         "throughput>=0.97x": all(r["throughput_ratio"] >= 0.97 for r in records),
@@ -443,7 +426,8 @@ def run(args, root: Path) -> dict:
     }
     config = {k: getattr(args, k) for k in ("model_size", "rank", "eta", "dtype", "slots", "host_cache", "max_num_seqs",
                                             "requests", "rounds", "concurrency", "prompt_len", "output_len", "probes",
-                                            "mem_adapters", "seed", "vllm_args", "page_cache_warm")}
+                                            "mem_adapters", "seed", "vllm_args", "page_cache_warm",
+                                            "host_cache_form")}
     config.update(model=str(args.model) if args.model else None, model_desc=desc, sweep=args.sweep_list,
                   systems=args.system_list, quick=args.quick, build_s=round(build_s, 1))
     return {"benchmark": "serve", "hardware": {**hardware(["cuda"] if not args.cpu else ["cpu"]),

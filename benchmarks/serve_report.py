@@ -18,11 +18,14 @@ def print_table(doc: dict) -> None:
           f"{cfg['output_len']} tokens, concurrency {cfg['concurrency']}; cold/warm: {cfg['probes']} sequential requests")
     print(f"per adapter: selora {sizes['selora_disk_bytes'] / 1024:.0f} KiB on disk, dense twin "
           f"{sizes['dense_disk_bytes'] / 1024:.0f} KiB ({sizes['dense_tensor_bytes'] / 1024:.0f} KiB of tensors)")
+    form = cfg.get("host_cache_form", "dense")
     for system, m in doc["memory"].items():
+        exact = m.get("cache_bytes_per_adapter")
         print(f"host memory per cached adapter, {system}: {m['host_bytes_per_adapter'] / 1024:.0f} KiB "
               f"(RSS delta over {m['cached_adapters']} adapters; API server {m['api_bytes_per_adapter'] / 1024:.0f}, "
-              f"engine {m['engine_bytes_per_adapter'] / 1024:.0f})")
-    print(f"  in spectral form (the next step) a cached adapter would hold {sizes['selora_disk_bytes'] / 1024:.0f} KiB")
+              f"engine {m['engine_bytes_per_adapter'] / 1024:.0f}); cache holds "
+              + (f"{exact / 1024:.0f} KiB ({form} form)" if exact else
+                 f"{sizes['dense_tensor_bytes'] / 1024:.0f} KiB (dense tensors)"))
     header = ("N", "system", "pop", "req/s", "tok/s", "TTFT50", "TTFT99", "ITL50", "cold", "warm")
     print("\n" + " ".join(f"{h:>8}" for h in header) + "   (latencies in ms)")
 
@@ -39,13 +42,14 @@ def print_table(doc: dict) -> None:
                     s["cold_ttft_ms"] if k == 0 else None, s["warm_ttft_ms"] if k == 0 else None)
     for system, c in doc["ceilings"].items():
         row("-", system, "-", c["uniform"], None, c["warm_ttft_ms"])
-    print("\nselora / dense (throughput: median over rounds of the per-round ratio, the lower of the two traces; "
-          "decodes: selora worker decodes per N, p50 ms):")
-    print(" ".join(f"{h:>12}" for h in ("N", "throughput", "cold TTFT", "warm TTFT", "disk bytes", "host mem",
-                                         "decodes", "decode ms")))
+    print(f"\nselora ({form} host cache) / dense (throughput: median over rounds of the per-round ratio, the lower "
+          "of the two traces; host RSS: measured, cache bytes: exact; decodes: selora worker decodes per N, p50 ms):")
+    print(" ".join(f"{h:>12}" for h in ("N", "throughput", "cold TTFT", "warm TTFT", "disk bytes", "host RSS",
+                                         "cache bytes", "decodes", "decode ms")))
     for rec in doc["records"]:
         cells = (rec["n_adapters"], rec["throughput_ratio"], rec["cold_ttft_ratio"], rec["warm_ttft_ratio"],
-                 rec["bytes_ratio"], rec["host_memory_ratio"], rec["selora"]["decodes"], rec["selora"]["decode_ms_p50"])
+                 rec["bytes_ratio"], rec["host_memory_ratio"], rec.get("cache_bytes_ratio"), rec["selora"]["decodes"],
+                 rec["selora"]["decode_ms_p50"])
         print(" ".join(f"{'-' if c is None else c:>12}" for c in cells))
     print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in doc["targets"].items()))
 

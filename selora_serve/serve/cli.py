@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve this one checkpoint merged into --model's weights, with LoRA disabled")
     parser.add_argument("--merge-cache", metavar="DIR", default=None,
                         help="where merged models are kept (default: ~/.cache/selora-serve/merged)")
+    parser.add_argument("--host-cache-form", choices=("dense", "spectral"), default=None,
+                        help="how adapters wait in vLLM's host cache (--max-cpu-loras): dense (default; vLLM's own "
+                        "decoded A and B, activating one is a copy) or spectral (SeLoRA adapters keep only their "
+                        "coefficients, about (1 - eta) of the bytes, and are decoded again each time they take a "
+                        "LoRA slot: more adapters per GB of host memory, for a decode per activation)")
     parser.add_argument("--tenants", metavar="FILE",
                         help="tenants TOML file: API keys (sha256) and the adapters each tenant may use, plus the "
                         "admin key (see `python -m selora_serve.tenants --help`); replaces --api-key")
@@ -78,16 +83,18 @@ def _plan(args: argparse.Namespace, passthrough: list[str]):
         for flag, value in DEMO_VLLM_OPTIONS:
             if flag not in {a.split("=", 1)[0] for a in passthrough}:
                 extra += [flag] if value is None else [flag, value]
-        return plan_store(str(model), [str(store)], extra + passthrough, pinned=args.pin)
+        return plan_store(str(model), [str(store)], extra + passthrough, pinned=args.pin,
+                          host_cache_form=args.host_cache_form)
     if not args.model:
         raise ValueError("--model BASE is required (or use --demo)")
     if args.merge:
-        if args.adapters:
-            raise ValueError("--merge serves one merged adapter; it does not take --adapters")
+        if args.adapters or args.host_cache_form:
+            raise ValueError("--merge serves one merged adapter with LoRA disabled; it does not take --adapters "
+                             "or --host-cache-form")
         return plan_merge(args.merge, args.model, passthrough, cache=args.merge_cache or default_cache() / "merged")
     if not args.adapters:
         raise ValueError("--adapters DIR is required (or --merge CKPT, or --demo)")
-    return plan_store(args.model, args.adapters, passthrough, pinned=args.pin)
+    return plan_store(args.model, args.adapters, passthrough, pinned=args.pin, host_cache_form=args.host_cache_form)
 
 
 def launch(plan) -> None:

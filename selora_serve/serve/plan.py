@@ -27,6 +27,7 @@ from typing import Sequence
 
 from ..vllm_ext.admin import ENV_PINNED, PLUGIN_NAME as ADMIN_PLUGIN
 from ..vllm_ext.guard import ENV_MAX_BODY, ENV_TENANTS, PLUGIN_NAME as GUARD_PLUGIN
+from ..vllm_ext.host_cache import ENV_HOST_CACHE_FORM
 from ..vllm_ext.resolver import ENV_MAX_RANK
 from ..vllm_ext.store import ENV_DIRS, AdapterStore
 
@@ -108,7 +109,7 @@ def _defaults(argv: list[str], defaults: list[tuple[str, str | None]], notes: li
 
 def plan_store(
     model: str, adapter_dirs: Sequence[str], passthrough: Sequence[str] = (), *,
-    pinned: Sequence[str] = (), cpu: bool | None = None,
+    pinned: Sequence[str] = (), cpu: bool | None = None, host_cache_form: str | None = None,
 ) -> Launch:
     """Serve `model` with LoRA enabled and the adapter store `adapter_dirs` behind the resolver."""
     store = AdapterStore(adapter_dirs)
@@ -141,6 +142,9 @@ def plan_store(
     }
     if pinned:
         env[ENV_PINNED] = ",".join(pinned)
+    if host_cache_form:
+        env[ENV_HOST_CACHE_FORM] = host_cache_form
+        notes.append(f"host cache holds SeLoRA adapters in {host_cache_form} form")
     return Launch(["--model", model] + _defaults(argv, defaults, notes) + argv, env, notes)
 
 

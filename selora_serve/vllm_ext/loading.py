@@ -19,7 +19,9 @@ included, takes vLLM's own path unchanged.
   Omega checksums); any other directory is verified in full here.
 
 vLLM's LRU caches then own the LoRAModel; when it is evicted and requested again, `_load_adapter`
-runs again and the coefficients are decoded again.
+runs again and the coefficients are decoded again. With SELORA_HOST_CACHE_FORM=spectral the
+LoRAModel waits in the host cache as coefficients and is decoded on each activation
+(`host_cache`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ..checkpoint import is_selora_checkpoint, load_checkpoint, read_manifest
 from ..peft_io import dense_state_dict, peft_config_dict
 from ..base_model import BaseFacts
 from .store import SEDORA_REFUSAL, is_verified
-from . import metrics
+from . import host_cache, metrics
 
 # A child of vLLM's logger, so it reaches the handlers vLLM configures in every process.
 logger = logging.getLogger("vllm.selora_serve")
@@ -61,10 +63,9 @@ def peft_config_for(path: str) -> dict:
     return peft_config_dict(SpectralAdapter(manifest.config, manifest.base))
 
 
-def decode_tensors(path: str, base_config, expected_lora_modules: set[str]) -> dict:
-    """Validate the checkpoint at `path` against `base_config` (a config or its BaseFacts) and
-    decode its PEFT-named tensors."""
-    start = time.perf_counter()
+def load_verified(path: str, base_config, expected_lora_modules: set[str]) -> tuple[SpectralAdapter, bool]:
+    """The checkpoint at `path`, validated against `base_config` (a config or its BaseFacts), and
+    whether it was a snapshot already verified for that base (value checks skipped)."""
     facts = BaseFacts.of(base_config)
     verified = is_verified(path, facts.fingerprint)
     adapter = load_checkpoint(path, base_config=facts, verify=not verified)
@@ -74,18 +75,35 @@ def decode_tensors(path: str, base_config, expected_lora_modules: set[str]) -> d
             f"{path}: vLLM cannot apply LoRA to {len(unexpected)} module(s) of this adapter, e.g. "
             f"{unexpected[0]}; it supports {sorted(expected_lora_modules)}"
         )
-    tensors = dense_state_dict(adapter)  # float32; from_lora_tensors casts to the LoRA dtype
+    return adapter, verified
+
+
+def decode(adapter: SpectralAdapter, path: str, note: str, started: float | None = None) -> dict:
+    """The PEFT-named dense tensors of `adapter` (float32; vLLM casts them to the LoRA dtype),
+    timed from `started` (default: now), counted and logged as one decode of `path`."""
+    start = time.perf_counter() if started is None else started
+    tensors = dense_state_dict(adapter)
     elapsed = time.perf_counter() - start
     STATS.count += 1
     STATS.seconds.append(elapsed)
     metrics.observe_decode(elapsed)
-    logger.info("decoded SeLoRA adapter %s (%d modules%s) in %.1f ms", path, len(adapter.modules),
-                ", verified snapshot" if verified else "", 1e3 * elapsed)
+    logger.info("decoded SeLoRA adapter %s (%d modules%s) in %.1f ms", path, len(adapter.modules), note,
+                1e3 * elapsed)
     return tensors
 
 
-def selora_model_class(base_cls: type, base_config) -> type:
-    """A subclass of vLLM's LoRAModel class `base_cls` that also loads SeLoRA directories."""
+def decode_tensors(path: str, base_config, expected_lora_modules: set[str]) -> dict:
+    """Validate the checkpoint at `path` against `base_config` (a config or its BaseFacts) and
+    decode its PEFT-named tensors."""
+    start = time.perf_counter()
+    adapter, verified = load_verified(path, base_config, expected_lora_modules)
+    return decode(adapter, path, ", verified snapshot" if verified else "", start)
+
+
+def selora_model_class(base_cls: type, base_config, form: str = "dense") -> type:
+    """A subclass of vLLM's LoRAModel class `base_cls` that also loads SeLoRA directories; with
+    `form` "spectral" each SeLoRA LoRAModel carries the `host_cache.SpectralSource` it is rebuilt
+    from on activation."""
     from vllm.lora.utils import get_lora_id
 
     class SeLoRAModel(base_cls):
@@ -95,18 +113,27 @@ def selora_model_class(base_cls: type, base_config) -> type:
                 lora = super().from_local_checkpoint(lora_dir, expected_lora_modules, peft_helper, **kwargs)
                 metrics.count_load("peft")
                 return lora
-            tensors = decode_tensors(lora_dir, base_config, set(expected_lora_modules))
+            start = time.perf_counter()
+            adapter, verified = load_verified(lora_dir, base_config, set(expected_lora_modules))
             model_id = kwargs.get("lora_model_id")
-            lora = cls.from_lora_tensors(
-                lora_model_id=get_lora_id() if model_id is None else model_id,
-                tensors=tensors,
-                peft_helper=peft_helper,
-                device=kwargs.get("device", "cuda"),
-                dtype=kwargs.get("dtype"),
-                model_vocab_size=kwargs.get("model_vocab_size"),
-                weights_mapper=kwargs.get("weights_mapper"),
-                skip_prefixes=kwargs.get("skip_prefixes"),
-            )
+            model_id = get_lora_id() if model_id is None else model_id
+
+            def build(tensors):
+                return cls.from_lora_tensors(
+                    lora_model_id=model_id,
+                    tensors=tensors,
+                    peft_helper=peft_helper,
+                    device=kwargs.get("device", "cuda"),
+                    dtype=kwargs.get("dtype"),
+                    model_vocab_size=kwargs.get("model_vocab_size"),
+                    weights_mapper=kwargs.get("weights_mapper"),
+                    skip_prefixes=kwargs.get("skip_prefixes"),
+                )
+
+            lora = build(decode(adapter, lora_dir, ", verified snapshot" if verified else "", start))
+            if form == "spectral":
+                host_cache.attach(lora, host_cache.SpectralSource(
+                    adapter, lambda: build(decode(adapter, lora_dir, ", host cache -> slot"))))
             metrics.count_load("selora")
             return lora
 
@@ -126,8 +153,11 @@ def install() -> None:
         @functools.wraps(init)
         def __init__(self, vllm_config, device, embedding_modules, lora_model_cls=LoRAModel):
             base_config = BaseFacts.of(vllm_config.model_config.hf_config)
+            form = host_cache.host_cache_form()
             metrics.worker_metrics()  # the adapter metrics of this worker exist from now on
-            init(self, vllm_config, device, embedding_modules, selora_model_class(lora_model_cls, base_config))
+            init(self, vllm_config, device, embedding_modules, selora_model_class(lora_model_cls, base_config, form))
+            if form == "spectral":
+                self._manager_cls = host_cache.spectral_manager_class(self._manager_cls)
 
         setattr(__init__, _MARK, True)
         WorkerLoRAManager.__init__ = __init__

@@ -17,7 +17,8 @@ forward pass reads. A slot eviction is an adapter losing its slot to another; a 
 an adapter's weights dropped from the cache (its next request decodes it again). An adapter
 dropped from the host cache while in a slot counts in both tiers. Explicit removals (the admin
 `unload`, vLLM's warm-up clean-up) are not evictions. vLLM's warm-up dummy adapters are never
-counted. Bytes are the adapter's own A/B tensors (vLLM preallocates the slot buffers at max rank).
+counted. Bytes are the adapter's own A/B tensors (vLLM preallocates the slot buffers at max rank);
+for an adapter held in spectral form (`host_cache`), its coefficients.
 
 Processes. Decodes, loads, evictions and residency happen in the engine's worker process; request
 counts are taken in the API server, where `OutputProcessor._finish_request` sees each finished
@@ -155,6 +156,12 @@ def weight_bytes(lora_model) -> int:
     cached = getattr(lora_model, "_selora_bytes", None)
     if cached is not None:
         return cached
+    from .host_cache import source_of
+
+    source = source_of(lora_model)
+    if source is not None:  # held as coefficients (its dense weights exist only in its slot)
+        lora_model._selora_bytes = source.nbytes
+        return source.nbytes
     seen: dict[tuple[int, int], int] = {}
 
     def add(t):

@@ -60,6 +60,22 @@ HOOKS: tuple[Hook, ...] = (
          "weights_mapper", "skip_prefixes"),
         why="builds vLLM's LoRAModel from the decoded tensors",
     ),
+    # host_cache.py: SeLoRA adapters held in spectral form in the host cache.
+    Hook(
+        "vllm.lora.worker_manager", "LRUCacheWorkerLoRAManager.create_lora_manager", ("self", "model", "vllm_config"),
+        ("lora_manager_cls=self._manager_cls",), why="the manager class is chosen per instance through _manager_cls",
+    ),
+    Hook(
+        "vllm.lora.model_manager", "LoRAModelManager.activate_adapter", ("self", "lora_id"),
+        ("lora_model = self._registered_adapters[lora_id]", "self._get_lora_layer_weights(lora_model, module_name)",
+         "module.set_lora("),
+        why="a spectral-form adapter's dense weights exist only during this copy into its slot",
+    ),
+    Hook(
+        "vllm.lora.model_manager", "LoRAModelManager._add_adapter", ("self", "lora"),
+        ("self._create_merged_loras_inplace(lora)",), why="rebuilt weights are packed the way an added adapter is",
+    ),
+    Hook("vllm.lora.model_manager", "LoRAModelManager._create_merged_loras_inplace", ("self", "lora_model")),
     Hook("vllm.lora.utils", "get_lora_id", ()),
     Hook("vllm.lora.resolver", "LoRAResolver.resolve_lora", ("self", "base_model_name", "lora_name")),
     Hook("vllm.lora.resolver", "_LoRAResolverRegistry.register_resolver", ("self", "resolver_name", "resolver")),

@@ -47,6 +47,10 @@ def test_quick_run_writes_the_json_contract(tmp_path):
     assert selora["decodes"] == sum(selora["uniform"]["distinct_models"]) + doc["config"]["probes"]
     # Same adapter, same dtype: the spectral checkpoint is well under half the dense file.
     assert record["bytes_ratio"] < 0.5
+    # Dense host cache (the default): selora-serve caches exactly the dense tensors plain vLLM does.
+    assert doc["config"]["host_cache_form"] == "dense"
+    assert doc["memory"]["selora"]["cache_bytes_per_adapter"] == doc["adapter"]["dense_tensor_bytes"]
+    assert record["cache_bytes_ratio"] == 1.0
     assert all(Path(p).is_file() for p in doc["plots"])
 
 

@@ -1,5 +1,10 @@
 """One real `selora-serve` process per test session (CPU, float32), and the expected outputs.
 
+The server holds SeLoRA adapters in its host cache in spectral form (`--host-cache-form
+spectral`): every test that cycles adapters through the slots then checks the decode on
+activation against the reference. The dense form, vLLM's own, is what tests/vllm's engine and
+the serving benchmark's smoke run use.
+
 The store holds three good SeLoRA adapters (haar, db4, fourier) and the broken ones the error
 tests need. `expected(name, prompts)` gives transformers + PEFT greedy tokens for a store adapter
 converted by `selora-convert to-peft` (the independent reference).
@@ -87,7 +92,8 @@ def server(tiny_model, store, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "selora-serve.log"
     srv = start_server(
         ["--model", str(tiny_model), "--adapters", str(store), "--served-model-name", BASE_NAME,
-         "--max-loras", str(SLOTS), "--max-cpu-loras", str(HOST_CACHE), "--pin", PINNED],
+         "--max-loras", str(SLOTS), "--max-cpu-loras", str(HOST_CACHE), "--pin", PINNED,
+         "--host-cache-form", "spectral"],
         log,
     )
     srv.store = store

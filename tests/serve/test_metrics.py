@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.request
 import uuid
 from collections import Counter
@@ -29,6 +30,29 @@ def test_multiprocess_dir_is_fresh_removed_after_and_a_users_is_kept(tmp_path):
     with multiprocess_dir(env) as path:
         assert path == str(tmp_path)
     assert env == {ENV_MULTIPROC: str(tmp_path)} and tmp_path.is_dir()
+
+
+def test_weight_bytes_counts_shared_storage_once_and_coefficients_for_spectral_form(checkpoints):
+    """The resident-bytes gauge's unit: dense tensors of a LoRAModel (packed lists included, a
+    tensor shared between modules once), or the coefficients of one held in spectral form."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from selora_serve.checkpoint import load_checkpoint
+    from selora_serve.vllm_ext import host_cache
+    from selora_serve.vllm_ext.metrics import weight_bytes
+
+    a, b = torch.zeros(8, 32), torch.zeros(64, 8, dtype=torch.float16)
+    dense = SimpleNamespace(loras={"q": SimpleNamespace(lora_a=a, lora_b=b),
+                                   "qkv": SimpleNamespace(lora_a=[a, None, torch.zeros(8, 32)], lora_b=[b, None, b])},
+                            modules_to_save={})
+    assert weight_bytes(dense) == 2 * 8 * 32 * 4 + 64 * 8 * 2
+    adapter = load_checkpoint(checkpoints["haar"])
+    held = SimpleNamespace(loras={}, modules_to_save={})
+    host_cache.attach(held, host_cache.SpectralSource(adapter, rebuild=lambda: None))
+    coef = sum(m.coef_a.numel() + m.coef_b.numel() for m in adapter.modules.values())
+    assert weight_bytes(held) == coef * adapter.modules["model.layers.0.self_attn.q_proj"].coef_a.element_size()
 
 
 class Scrape:
@@ -116,11 +140,14 @@ def test_requests_and_tokens_per_adapter_move_by_exactly_the_usage(server):
     assert after.total("vllm:request_success_total") - vllm_before == sequences
 
 
-def _tensor_bytes(path) -> int:
+def _tensor_bytes(path) -> tuple[int, int]:
+    """(dense A/B bytes in float32 as vLLM holds them on CPU, coefficient bytes) of a checkpoint."""
     from selora_serve.checkpoint import load_checkpoint
     from selora_serve.peft_io import dense_state_dict
 
-    return sum(t.numel() * 4 for t in dense_state_dict(load_checkpoint(path)).values())  # float32 on CPU
+    adapter = load_checkpoint(path)
+    coef = sum(t.numel() * t.element_size() for m in adapter.modules.values() for t in (m.coef_a, m.coef_b))
+    return sum(t.numel() * 4 for t in dense_state_dict(adapter).values()), coef
 
 
 @vllm
@@ -154,9 +181,41 @@ def test_fresh_adapters_decode_load_evict_and_gauges_stay_consistent(server):
     # The caches are full of real adapters, all the same size here (one base, rank, target set).
     slot, host = (after.value("selora_adapters_resident", tier=t) for t in ("slot", "host"))
     assert (slot, host) == (SLOTS, HOST_CACHE)
-    one = _tensor_bytes(server.store / "haar")
-    assert after.value("selora_adapter_resident_bytes", tier="slot") == SLOTS * one
-    assert after.value("selora_adapter_resident_bytes", tier="host") == HOST_CACHE * one
+    # The server holds adapters in spectral form (conftest): the cache holds coefficients only,
+    # (1 - eta) of the dense bytes, counted for the slot tier too (vLLM's slot buffers are
+    # preallocated; the adapter itself owns only its coefficients).
+    dense, coef = _tensor_bytes(server.store / "haar")
+    assert coef / dense == pytest.approx(1 - 0.6, abs=0.01)
+    assert after.value("selora_adapter_resident_bytes", tier="slot") == SLOTS * coef
+    assert after.value("selora_adapter_resident_bytes", tier="host") == HOST_CACHE * coef
+
+
+@vllm
+def test_spectral_host_cache_decodes_on_activation_and_outputs_stay_right(server, expected):
+    """An adapter that left its slot but not the host cache takes a slot again: in spectral form
+    that is one more decode (from the coefficients in memory) and no load; tokens stay right."""
+    from .test_server import PROMPTS, complete
+
+    run = uuid.uuid4().hex[:6]
+    client = server.client()
+    names = {f"act-{run}-{i}": server.store / src for i, src in enumerate(("haar", "db4", "fourier"))}
+    for name, path in names.items():
+        assert _post(server, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})[0] == 200
+    target, *others = names
+    # Slots: the pinned adapter plus SLOTS - 1; the host cache holds the pinned one and these three.
+    assert len(others) == SLOTS - 1 and len(names) + 1 == HOST_CACHE
+    for name in [target, *others]:  # `target` is the least recently used of the unpinned slots
+        complete(client, name, PROMPTS[:1])
+    before = Scrape(server)
+    assert complete(client, target, PROMPTS[:2]) == expected(names[target], PROMPTS)[:2]
+    after = Scrape(server)
+    assert after.value("selora_adapter_loads_total", source="selora") == before.value(
+        "selora_adapter_loads_total", source="selora"), "the adapter was still in the host cache"
+    assert after.value("selora_adapter_decode_seconds_count") == before.value("selora_adapter_decode_seconds_count") + 1
+    assert after.value("selora_adapter_evictions_total", tier="slot") == before.value(
+        "selora_adapter_evictions_total", tier="slot") + 1
+    assert re.search(r"decoded SeLoRA adapter \S+ \(10 modules, host cache -> slot\) in [0-9.]+ ms",
+                     server.log.read_text(errors="replace"))
 
 
 @vllm

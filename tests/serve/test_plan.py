@@ -53,8 +53,28 @@ def test_cli_splits_own_options_from_vllm_options(checkpoints, tiny_model, tmp_p
         plan_from_args(build_parser().parse_args(["--model", "m"]), [])
     with pytest.raises(ValueError, match=r"--model BASE is required \(or use --demo\)"):
         plan_from_args(build_parser().parse_args(["--adapters", str(tmp_path)]), [])
-    with pytest.raises(ValueError, match="--merge serves one merged adapter; it does not take --adapters"):
+    with pytest.raises(ValueError, match="--merge serves one merged adapter with LoRA disabled; it does not take "
+                       "--adapters or --host-cache-form"):
         plan_from_args(build_parser().parse_args(["--model", "m", "--merge", "c", "--adapters", str(tmp_path)]), [])
+    with pytest.raises(ValueError, match="does not take --adapters or --host-cache-form"):
+        plan_from_args(build_parser().parse_args(["--model", "m", "--merge", "c", "--host-cache-form", "spectral"]), [])
+
+
+def test_host_cache_form_reaches_the_worker_environment(checkpoints, tiny_model, tmp_path, capsys):
+    from selora_serve.vllm_ext.host_cache import ENV_HOST_CACHE_FORM, host_cache_form
+
+    shutil.copytree(checkpoints["haar"], tmp_path / "haar")
+    args = ["--model", str(tiny_model), "--adapters", str(tmp_path)]
+    assert ENV_HOST_CACHE_FORM not in plan_from_args(build_parser().parse_args(args), []).env
+    launch = plan_from_args(build_parser().parse_args(args + ["--host-cache-form", "spectral"]), [])
+    assert host_cache_form(launch.env) == "spectral"
+    assert "host cache holds SeLoRA adapters in spectral form" in launch.notes
+    assert host_cache_form({}) == "dense" and host_cache_form({ENV_HOST_CACHE_FORM: " Dense "}) == "dense"
+    with pytest.raises(ValueError, match="SELORA_HOST_CACHE_FORM='coefficients': expected one of dense, spectral"):
+        host_cache_form({ENV_HOST_CACHE_FORM: "coefficients"})
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(args + ["--host-cache-form", "sparse"])
+    assert "invalid choice: 'sparse'" in capsys.readouterr().err
 
 
 def test_merge_plan_serves_a_cached_merge_without_lora(checkpoints, tiny_model, tmp_path):

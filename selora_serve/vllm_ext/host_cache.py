@@ -1,0 +1,103 @@
+"""The form SeLoRA adapters take in vLLM's host cache: dense (vLLM's own) or spectral.
+
+vLLM 0.32 keeps up to --max-cpu-loras LoRAModels in host memory (the LRU
+`LRUCacheLoRAModelManager._registered_adapters`), each holding its dense A and B, already packed
+(q/k/v -> qkv_proj), scaled and, on GPU hosts, pinned; activating one copies them into a LoRA slot
+(`activate_adapter` -> `set_lora` per module).
+
+With SELORA_HOST_CACHE_FORM=spectral (`selora-serve --host-cache-form spectral`), a SeLoRA
+adapter's LoRAModel keeps only its spectral coefficients while it waits in that cache: its `loras`
+dict is empty and a `SpectralSource` on it (the coefficients, and the arguments vLLM built it
+with) rebuilds the dense weights exactly as its first load did (same decode, same
+`from_lora_tensors`, same packing) just before vLLM's own `activate_adapter` copies them into the
+slot; they are dropped right after. Contract:
+
+- host memory per cached SeLoRA adapter: its coefficients, (1 - eta) of its dense bytes at the
+  coefficients' dtype (`selora_adapter_resident_bytes{tier="host"}` reports exactly that);
+- every activation of an adapter that is not in a slot decodes it again (the load-time decode
+  without file I/O or validation, on the CPU); a request for an adapter already in its slot
+  costs nothing more. The first activation after a load uses the weights that load decoded;
+- the slot contents are identical in both forms (tested): only when and how often the decode
+  runs differs;
+- dense PEFT adapters and vLLM's warm-up dummies are untouched.
+
+The manager class is chosen through `LRUCacheWorkerLoRAManager._manager_cls`, set on the
+instance by `loading.install`'s wrapper; nothing else of vLLM is replaced.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+ENV_HOST_CACHE_FORM = "SELORA_HOST_CACHE_FORM"
+HOST_CACHE_FORMS = ("dense", "spectral")
+SOURCE_ATTR = "_selora_spectral_source"
+
+
+def host_cache_form(environ=os.environ) -> str:
+    """The configured form ('dense' unless SELORA_HOST_CACHE_FORM says otherwise)."""
+    form = environ.get(ENV_HOST_CACHE_FORM, "").strip().lower() or "dense"
+    if form not in HOST_CACHE_FORMS:
+        raise ValueError(f"{ENV_HOST_CACHE_FORM}={environ[ENV_HOST_CACHE_FORM]!r}: expected one of "
+                         f"{', '.join(HOST_CACHE_FORMS)}")
+    return form
+
+
+@dataclass
+class SpectralSource:
+    """What a LoRAModel held in spectral form is rebuilt from.
+
+    `rebuild()` returns a new LoRAModel (same id) from the coefficients, built the way the first
+    load built its own; `nbytes` is the coefficients' size, what the cache holds.
+    """
+
+    adapter: Any  # SpectralAdapter
+    rebuild: Callable[[], Any]
+
+    @property
+    def nbytes(self) -> int:
+        total = 0
+        for mod in self.adapter.modules.values():
+            for t in (mod.coef_a, mod.coef_b, mod.magnitude):
+                if t is not None:
+                    total += t.numel() * t.element_size()
+        return total
+
+
+def attach(lora_model, source: SpectralSource) -> None:
+    """Mark `lora_model` to be held in spectral form once it has been activated."""
+    setattr(lora_model, SOURCE_ATTR, source)
+
+
+def source_of(lora_model) -> SpectralSource | None:
+    return getattr(lora_model, SOURCE_ATTR, None)
+
+
+def spectral_manager_class(base_cls: type) -> type:
+    """A subclass of vLLM's LoRA model manager `base_cls` that holds SeLoRA adapters in spectral
+    form outside their slots (see the module docstring)."""
+
+    class SpectralHostLoRAModelManager(base_cls):
+        def activate_adapter(self, lora_id: int) -> bool:
+            lora = self._registered_adapters.get(lora_id)
+            source = None if lora is None else source_of(lora)
+            if source is None or lora_id in self._active_adapters:
+                return super().activate_adapter(lora_id)
+            if not lora.loras:
+                dense = source.rebuild()
+                self._create_merged_loras_inplace(dense)  # packing, scaling, pinning, as on add
+                lora.loras = dense.loras
+            try:
+                return super().activate_adapter(lora_id)
+            finally:
+                lora.loras = {}  # the slot holds its copy now; keep only the coefficients
+
+    SpectralHostLoRAModelManager.__qualname__ = SpectralHostLoRAModelManager.__name__ = (
+        f"SpectralHost{base_cls.__name__}")
+    return SpectralHostLoRAModelManager
+
+
+__all__ = ["ENV_HOST_CACHE_FORM", "HOST_CACHE_FORMS", "SpectralSource", "attach", "host_cache_form", "source_of",
+           "spectral_manager_class"]
