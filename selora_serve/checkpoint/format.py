@@ -15,6 +15,7 @@ given the base model's config, the fingerprint and each module's shape. Every fa
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,13 +61,16 @@ class Manifest:
     omega: dict[str, dict[str, Any]]
 
     def layouts(self) -> dict[str, MatrixLayout]:
-        """Every matrix layout used by the modules, keyed like the manifest's "omega"."""
-        c = self.config
-        out = {}
-        for d_in, d_out in self.modules.values():
-            for shape in ((c.r, d_in), (d_out, c.r)):
-                out[shape_key(shape)] = layout_for(c.spectral_basis, c.seed, c.eta, shape)
-        return out
+        """Every matrix layout used by the modules, keyed like the manifest's "omega" (computed
+        once per manifest: it is read on every load, in the server's request path)."""
+        cached = self.__dict__.get("_layouts")
+        if cached is None:
+            c, basis = self.config, self.config.spectral_basis
+            cached = {}
+            for shape in {s for d_in, d_out in self.modules.values() for s in ((c.r, d_in), (d_out, c.r))}:
+                cached[shape_key(shape)] = layout_for(basis, c.seed, c.eta, shape)
+            object.__setattr__(self, "_layouts", cached)
+        return dict(cached)
 
     def num_coefficients(self) -> int:
         c = self.config
@@ -240,7 +244,7 @@ def _read_tensors(manifest: Manifest, check_values: bool = True) -> dict[str, to
             raise CheckpointError(file, key, f"dtype {name}, manifest says {manifest.coefficient_dtype}")
     # One reduction instead of an elementwise test: any NaN/Inf makes the sum non-finite. (So
     # can an overflow of finite values; the exact test below then finds no culprit.)
-    if check_values and not _all_finite_fast(tensors.values()):
+    if check_values and not _all_finite_fast(data, want_dtype):
         for key in expected:  # slow path, only to name the culprit
             bad = int((~torch.isfinite(tensors[key])).sum())
             if bad:
@@ -248,10 +252,21 @@ def _read_tensors(manifest: Manifest, check_values: bool = True) -> dict[str, to
     return {key: tensors[key] for key in expected}
 
 
-def _all_finite_fast(tensors) -> bool:
-    """True if the float32 sum of every value is finite: always so when all values are finite,
-    unless the sum overflows (then callers run the exact per-tensor test)."""
-    return bool(torch.isfinite(torch.cat([t.reshape(-1) for t in tensors]).sum(dtype=torch.float32)))
+def _all_finite_fast(data: bytes, dtype: torch.dtype) -> bool:
+    """True if the float32 sum of every value in the safetensors file `data` is finite: always so
+    when all values are finite, unless the sum overflows (then callers run the exact per-tensor
+    test). Call only once every tensor is known to have `dtype`: the data region after the header
+    is then exactly their values (the format allows no holes), summed in place without a copy."""
+    start = 8 + int.from_bytes(data[:8], "little")
+    size = torch.empty((), dtype=dtype).element_size()
+    if (len(data) - start) % size:
+        return False  # not the layout assumed above: let the exact test decide
+    if len(data) == start:
+        return True
+    with warnings.catch_warnings():  # read-only bytes: the view is only summed, never written
+        warnings.simplefilter("ignore", UserWarning)
+        values = torch.frombuffer(data, dtype=dtype, offset=start)
+    return bool(torch.isfinite(values.sum(dtype=torch.float32)))
 
 
 def verify_omega(manifest: Manifest) -> None:
@@ -266,14 +281,18 @@ def verify_omega(manifest: Manifest) -> None:
             )
 
 
-def load_checkpoint(path: str | Path, *, base_config=None, verify: bool = True) -> SpectralAdapter:
+def load_checkpoint(
+    path: str | Path, *, base_config=None, verify: bool = True, manifest: Manifest | None = None,
+) -> SpectralAdapter:
     """Read and fully validate a checkpoint; with `base_config`, also check it fits that model.
 
     `verify=False` skips the checks that read every value (NaN/Inf) or regenerate every Omega,
     for a checkpoint already verified whose bytes cannot have changed since (a server's
     snapshot); the manifest and the tensors' names, counts and dtypes are still checked.
+    `manifest`: `read_manifest(path)`, when the caller has already read it.
     """
-    manifest = read_manifest(path)
+    if manifest is None or Path(manifest.path) != Path(path):
+        manifest = read_manifest(path)
     if base_config is not None:
         check_against_base(manifest, base_config)
     tensors = _read_tensors(manifest, check_values=verify)

@@ -272,8 +272,7 @@ def validate(name: str, path: str | Path, base_config, *, max_rank: int | None =
                 name, f"rank r={manifest.config.r} exceeds the server's max LoRA rank {max_rank}; "
                 "restart with a larger --max-lora-rank",
             )
-        check_against_base(manifest, base_config)
-        load_checkpoint(path)
+        load_checkpoint(path, base_config=base_config, manifest=manifest)
     except CheckpointError as exc:
         raise AdapterError(name, describe(exc)) from None
     return manifest

@@ -120,6 +120,25 @@ def test_non_finite_coefficients(ckpt, bad):
     _expect(ckpt, COEF_FILE, key, "NaN/Inf")
 
 
+def _data_order(file) -> list[str]:
+    """Tensor names in the order of their bytes in a safetensors file."""
+    data = file.read_bytes()
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    return sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("where", [0, -1])
+def test_non_finite_value_found_at_either_end_of_the_file_in_any_dtype(checkpoints, tmp_path, dtype, where):
+    """The fast check sums the file's whole data region in place: its first and last values count."""
+    path = save_checkpoint(load_checkpoint(checkpoints["haar"]), tmp_path / dtype, coefficient_dtype=dtype)
+    tensors = load_file(str(path / COEF_FILE))
+    key = _data_order(path / COEF_FILE)[where]
+    tensors[key][where] = float("nan")
+    save_file(tensors, str(path / COEF_FILE))
+    _expect(path, COEF_FILE, key, "1 NaN/Inf value(s)")
+
+
 def test_huge_finite_coefficients_are_accepted(ckpt):
     """The NaN/Inf check sums everything first; a sum that overflows is not an error."""
     tensors = load_file(str(ckpt / COEF_FILE))
