@@ -37,7 +37,7 @@ from typing import Iterable, Literal, Sequence
 from urllib.parse import quote
 
 from ..checkpoint import COEF_FILE, CONFIG_FILE, CheckpointError, Manifest, is_selora_checkpoint, load_checkpoint
-from ..checkpoint.format import check_against_base, read_manifest
+from ..checkpoint.format import read_manifest
 from ..peft_io import PEFT_CONFIG
 
 ENV_DIRS = "SELORA_ADAPTER_DIRS"  # os.pathsep-separated store roots, set by `selora-serve`
