@@ -37,6 +37,9 @@ one round (seen here: ~1 s, in either system) does not decide it. Per server:
            stream into one chunk when the client lags, so gaps between chunks would undercount.
   cold     P sequential requests (concurrency 1), each to a never-requested adapter: the TTFT
            includes resolving, loading (selora: validating and decoding) and the first token.
+           In four blocks per phase, A B B A over the two halves of the probes, each after a
+           1 s pause and one untimed base-model request (the first block after a trace ran
+           slower whichever system it was).
   warm     the same P adapters again, in the same order: with P > slots each is in the host cache
            but no longer in a slot, so the TTFT includes activation but no load.
 
@@ -100,6 +103,7 @@ PRESETS = {  # (model shape, LoRA rank); head_dim 32 or 64, both supported by vL
 }
 SYSTEMS = ("dense", "selora", "base", "merged")
 BASE_NAME, MERGED_NAME = "base", "merged"
+SETTLE_S = 1.0  # idle seconds before each probe block
 # selora_serve.vllm_ext.loading logs one line per decode, with its time.
 DECODE_LOG = re.compile(r"decoded SeLoRA adapter .* in ([0-9.]+) ms")
 
@@ -227,7 +231,8 @@ def measure_n(servers: dict, ws: Workspace, n: int, args, seed: int) -> dict[str
     Round r uses its own adapters (n{N}-r{r}-a*), their files first dropped from the page cache,
     so every round starts cold; the systems alternate within each round and their order flips
     every round and every N (ABBA), so drift in the machine's load lands on both. The probes
-    run as one block per system: cold in the first round's order, warm in the reverse.
+    run in A B B A blocks over their two halves: cold from the first round's order, warm from
+    the reverse.
     """
     dirs = {"dense": ws.dense, "selora": ws.store}
     runs = {s: {pop: [] for pop in POPULARITY} for s in dirs}
@@ -255,10 +260,17 @@ def measure_n(servers: dict, ws: Workspace, n: int, args, seed: int) -> dict[str
     ttft: dict[str, dict[str, list[float]]] = {s: {} for s in dirs}
     # One system at a time, one client per block: requests alternating between the two servers
     # came out slower and far noisier (each server's idle work lands on the other's request).
+    # Each phase runs in four blocks, A B B A over the two halves of the probes, each after a
+    # pause and an untimed base-model request: the first block after the traces ran slower
+    # (whichever system it was), which decided the cold ratio by the order alone.
     first = ("dense", "selora") if n % 2 == 0 else ("selora", "dense")  # round 0's order
-    for phase, offset, order in (("cold", 0, first), ("warm", args.probes, first[::-1])):
-        for system in order:
-            ttft[system][phase] = asyncio.run(sequential_ttft(servers[system], probes, ids[offset:offset + args.probes]))
+    halves = (slice(0, args.probes // 2), slice(args.probes // 2, args.probes))
+    for phase, offset, (a, b) in (("cold", 0, first), ("warm", args.probes, first[::-1])):
+        for system, part in ((a, halves[0]), (b, halves[0]), (b, halves[1]), (a, halves[1])):
+            time.sleep(SETTLE_S)
+            got = asyncio.run(sequential_ttft(servers[system], probes[part],
+                                              ids[offset:offset + args.probes][part], warmup=BASE_NAME))
+            ttft[system].setdefault(phase, []).extend(got)
     decodes = decode_times(servers["selora"])[decodes_before:]  # first touches, evictions, probes
     out = {}
     for system in dirs:

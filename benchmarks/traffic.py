@@ -91,8 +91,13 @@ def summarise(runs: list[tuple[list[Sample], float]], distinct_models: list[int]
     }
 
 
-async def sequential_ttft(server, models: list[str], prompt_ids: list[list[int]]) -> list[float]:
+async def sequential_ttft(server, models: list[str], prompt_ids: list[list[int]],
+                          warmup: str | None = None) -> list[float]:
+    """TTFTs of one request after another. `warmup`: a model requested once first, untimed, so
+    the client's connection and the server's idle-time work are not charged to the first probe."""
     client = server.async_client()
+    if warmup is not None and prompt_ids:
+        await request(client, warmup, prompt_ids[0], 2)
     out = [(await request(client, m, p, 2)).ttft for m, p in zip(models, prompt_ids)]
     await client.close()
     return out
