@@ -18,7 +18,8 @@ The dense and selora servers run side by side and the phases alternate between t
 the machine's load lands on both: each N runs its traces in K rounds (--rounds), each round on
 its own fresh adapters (`n{N}-r{k}-a{i}`, so every round starts with all of its adapters on disk
 only), the systems' order flipping every round (ABBA); the probe blocks alternate likewise.
-Each system's figures pool the rounds (throughput: total output tokens over total wall time); the
+Before the sweep, each server runs one discarded trace over 8 warm-up adapters (without it the
+first N measured ran slower, selora-serve more so). Each system's figures pool the rounds (throughput: total output tokens over total wall time); the
 throughput ratio is the median over rounds of each round's selora/dense ratio, so one stall in
 one round (seen here: ~1 s, in either system) does not decide it. Per server:
 
@@ -104,8 +105,11 @@ PRESETS = {  # (model shape, LoRA rank); head_dim 32 or 64, both supported by vL
 SYSTEMS = ("dense", "selora", "base", "merged")
 BASE_NAME, MERGED_NAME = "base", "merged"
 SETTLE_S = 1.0  # idle seconds before each probe block
+WARMUP_ADAPTERS = 8  # a discarded trace over these first: the first N measured ran slower otherwise
 # selora_serve.vllm_ext.loading logs one line per decode, with its time.
 DECODE_LOG = re.compile(r"decoded SeLoRA adapter .* in ([0-9.]+) ms")
+# ... and its resolver one line per adapter it snapshots (and verifies) in the API process.
+RESOLVE_LOG = re.compile(r"snapshot of adapter .* in ([0-9.]+) ms, verified in ([0-9.]+) ms")
 
 
 # ---------------------------------------------------------------- adapters
@@ -127,8 +131,12 @@ def probe_names(n: int, probes: int) -> list[str]:
     return [f"n{n}-cold{j}" for j in range(probes)]
 
 
+def warmup_names() -> list[str]:
+    return [f"warmup-{j}" for j in range(WARMUP_ADAPTERS)]
+
+
 def adapter_names(sweep: list[int], probes: int, mem: int, rounds: int) -> list[str]:
-    names = ["mem-primer"] + [f"mem-{j}" for j in range(mem)]
+    names = ["mem-primer"] + [f"mem-{j}" for j in range(mem)] + warmup_names()
     for n in sweep:
         names += [a for r in range(rounds) for a in trace_names(n, r)] + probe_names(n, probes)
     return names
@@ -221,6 +229,11 @@ def decode_times(server: launch.ServerProcess) -> list[float]:
     return [float(t) for t in DECODE_LOG.findall(server.log.read_text(errors="replace"))]
 
 
+def resolve_times(server: launch.ServerProcess) -> list[tuple[float, float]]:
+    """(snapshot ms, verification ms) of every adapter the server's API process has resolved."""
+    return [(float(a), float(b)) for a, b in RESOLVE_LOG.findall(server.log.read_text(errors="replace"))]
+
+
 # ---------------------------------------------------------------- phases
 
 
@@ -237,7 +250,7 @@ def measure_n(servers: dict, ws: Workspace, n: int, args, seed: int) -> dict[str
     dirs = {"dense": ws.dense, "selora": ws.store}
     runs = {s: {pop: [] for pop in POPULARITY} for s in dirs}
     distinct = {pop: [] for pop in POPULARITY}
-    decodes_before = len(decode_times(servers["selora"]))
+    decodes_before, resolves_before = len(decode_times(servers["selora"])), len(resolve_times(servers["selora"]))
     for rnd in range(args.rounds):
         names = trace_names(n, rnd)
         traces = {pop: trace_models(names, args.requests, pop, seed + 10 * n + k + 1000 * rnd)
@@ -277,9 +290,13 @@ def measure_n(servers: dict, ws: Workspace, n: int, args, seed: int) -> dict[str
         out[system] = {"system": system, "n_adapters": n,
                        **{pop: summarise(runs[system][pop], distinct[pop]) for pop in POPULARITY},
                        "cold_ttft_ms": ms(np.median(ttft[system]["cold"])),
-                       "warm_ttft_ms": ms(np.median(ttft[system]["warm"]))}
+                       "warm_ttft_ms": ms(np.median(ttft[system]["warm"])),
+                       "probe_ttfts_ms": {phase: [ms(t) for t in ttft[system][phase]] for phase in ("cold", "warm")}}
     out["selora"]["decodes"] = len(decodes)
     out["selora"]["decode_ms_p50"] = round(float(np.median(decodes)), 2) if decodes else None
+    resolves = np.array(resolve_times(servers["selora"])[resolves_before:]).reshape(-1, 2)
+    for k, key in enumerate(("snapshot_ms_p50", "verify_ms_p50")):  # API process, per first request
+        out["selora"][key] = round(float(np.median(resolves[:, k])), 2) if len(resolves) else None
     return out
 
 
@@ -419,6 +436,11 @@ def run(args, root: Path) -> dict:
             memory[system] = measure_memory(servers[system], BASE_NAME, "mem-primer",
                                             [f"mem-{j}" for j in range(args.mem_adapters)], args.prompt_len,
                                             args.vocab, args.seed)
+        for system in ("dense", "selora"):  # discarded: first batches of each size, first loads
+            print(f"warm-up: {system} ...", file=sys.stderr, flush=True)
+            models = trace_models(warmup_names(), args.requests, "uniform", args.seed + 5)
+            asyncio.run(run_trace(servers[system], models, prompts(args.requests, args.prompt_len, args.vocab,
+                                                                   args.seed + 5), args.output_len, args.concurrency))
         for n in args.sweep_list:
             for system, result in measure_n(servers, ws, n, args, args.seed).items():
                 results[system][n] = result

@@ -7,6 +7,8 @@ it, so the core package installs and tests without vLLM. The pieces:
   touches (run by the plugin before patching anything).
 - `plugin`: the `vllm.general_plugins` entry point, loaded by vLLM in every process.
 - `loading`: worker side, decoding a SeLoRA checkpoint into vLLM's own LoRAModel in memory.
+- `host_cache`: worker side, optionally holding cached SeLoRA adapters as coefficients and
+  decoding them on activation (`--host-cache-form spectral`).
 - `frontend`: API-server side, validating SeLoRA checkpoints before they reach the engine.
 - `metrics`: the Prometheus metrics of adapter serving, taken in the worker and the API server.
 - `store`: the adapter store (directories of checkpoints, name -> path, no vLLM import).

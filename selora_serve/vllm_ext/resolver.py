@@ -24,14 +24,18 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from ..envdir import env_scratch_dir
 from ..base_model import BaseFacts
 from .store import ENV_DIRS, AdapterError, AdapterStore, StoredAdapter, mark_verified, snapshot, validate
+
+logger = logging.getLogger("vllm.selora_serve")
 
 RESOLVER_NAME = "selora-store"
 ENV_MAX_RANK = "SELORA_MAX_LORA_RANK"  # set by `selora-serve`; checked before the engine is asked
@@ -58,11 +62,15 @@ def verified_snapshot(found: StoredAdapter, base, max_rank: int | None = None) -
     """Snapshot `found` under `snapshot_root()`; a SeLoRA snapshot is then validated in full for
     the base model `base` (a config or its BaseFacts) and marked verified. Raises AdapterError
     naming `found.name` and the reason."""
+    start = time.perf_counter()
     path = snapshot(found, snapshot_root())
+    copied = time.perf_counter()
     if found.kind == "selora":
         facts = BaseFacts.of(base)
         validate(found.name, path, facts, max_rank=max_rank)
         mark_verified(path, facts.fingerprint)
+    logger.info("snapshot of adapter %s in %.1f ms, verified in %.1f ms", found.name, 1e3 * (copied - start),
+                1e3 * (time.perf_counter() - copied))
     return path
 
 

@@ -45,6 +45,9 @@ def test_quick_run_writes_the_json_contract(tmp_path):
     # Every trace request and cold probe decoded once; nothing was evicted at this size.
     selora = record["selora"]
     assert selora["decodes"] == sum(selora["uniform"]["distinct_models"]) + doc["config"]["probes"]
+    # The API process's share of those first loads, from selora-serve's own log lines.
+    assert selora["snapshot_ms_p50"] > 0 and selora["verify_ms_p50"] > 0
+    assert len(selora["probe_ttfts_ms"]["cold"]) == doc["config"]["probes"]
     # Same adapter, same dtype: the spectral checkpoint is well under half the dense file.
     assert record["bytes_ratio"] < 0.5
     # Dense host cache (the default): selora-serve caches exactly the dense tensors plain vLLM does.
