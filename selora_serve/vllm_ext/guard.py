@@ -20,6 +20,9 @@ With SELORA_TENANTS (a tenants file, see `selora_serve.tenants`; `selora-serve -
   a request without `model` means the base model; a non-JSON body from a tenant answers 415
   (a form body could name a model this guard cannot read);
 - GET /v1/models lists only what the caller may use;
+- stored responses (vLLM's Responses API store) are each tenant's own: reading, cancelling or
+  continuing another principal's answers as for an id that does not exist, and a tenant cannot
+  take another's `request_id` (see `owners`);
 - every authenticated request is counted in `selora_tenant_requests_total{tenant, status}`
   (the admin as "admin", a refused key as "unauthenticated").
 vLLM's own --api-key check is not used with tenants (`selora-serve` refuses both together).
@@ -34,6 +37,7 @@ import json
 import os
 
 from . import metrics
+from .owners import CREATE_PATH, ResponseOwners, stored_response_id
 
 PLUGIN_NAME = "selora_guard"
 ENV_TENANTS = "SELORA_TENANTS"
@@ -101,6 +105,19 @@ def unknown_model_body(app, model: str) -> dict:
     return err.model_dump()
 
 
+def unknown_response_body(response_id: str) -> dict:
+    """vLLM's answer for a stored response id it does not know (`_make_not_found_error`)."""
+    from http import HTTPStatus
+
+    from vllm.entrypoints.serve import create_error_response
+
+    err = create_error_response(
+        message=f"Response with id '{response_id}' not found.", err_type="invalid_request_error",
+        status_code=HTTPStatus.NOT_FOUND, param="response_id",
+    )
+    return err.model_dump()
+
+
 class Guard:
     """Pure ASGI middleware; see the module docstring for what it answers and when."""
 
@@ -108,6 +125,7 @@ class Guard:
         self.app = app
         self.tenants = tenants
         self.max_body = max_body
+        self.owners = ResponseOwners()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -124,6 +142,9 @@ class Guard:
             send = _counting(send, principal.name)
             if path_class(path) == "admin" and not principal.is_admin:
                 return await _respond(send, *_error(403, "this route needs the admin key", "PermissionDeniedError"))
+            stored = stored_response_id(method, path)
+            if stored is not None and not principal.is_admin and not self.owners.owns(principal.name, stored):
+                return await _respond(send, 404, unknown_response_body(stored))
 
         if method in BODY_METHODS:
             body = await self._read_body(scope, receive, send)
@@ -145,6 +166,11 @@ class Guard:
                         return await _respond(send, *_error(400, "`model` must be a string", "BadRequestError", "model"))
                     if not principal.may_use(model, self._base_names(scope)):
                         return await _respond(send, 404, unknown_model_body(scope["app"], model))
+                if principal is not None and method == "POST" and path == CREATE_PATH:
+                    refusal = self._response_refusal(principal, doc)
+                    if refusal is not None:
+                        return await _respond(send, *refusal)
+                    send = self.owners.recording(send, principal.name)
             elif body and principal is not None and not principal.is_admin:
                 return await _respond(send, *_error(415, "with tenants, request bodies must be application/json",
                                                     "UnsupportedMediaType"))
@@ -153,6 +179,17 @@ class Guard:
         if principal is not None and not principal.is_admin and method == "GET" and path == "/v1/models":
             send = _filtering_models(send, lambda m: principal.may_use(m, self._base_names(scope)))
         return await self.app(scope, receive, send)
+
+    def _response_refusal(self, principal, doc: dict) -> tuple[int, dict] | None:
+        """Why this principal may not create this response (see `owners`), or None."""
+        if principal.is_admin:
+            return None
+        previous, chosen = doc.get("previous_response_id"), doc.get("request_id")
+        if isinstance(previous, str) and not self.owners.owns(principal.name, previous):
+            return 404, unknown_response_body(previous)
+        if isinstance(chosen, str) and not self.owners.claim(principal.name, chosen):
+            return _error(409, f"request_id {chosen!r} is already in use", "ConflictError", "request_id")
+        return None
 
     @staticmethod
     def _base_names(scope) -> list[str]:

@@ -60,6 +60,21 @@ HOOKS: tuple[Hook, ...] = (
          "weights_mapper", "skip_prefixes"),
         why="builds vLLM's LoRAModel from the decoded tensors",
     ),
+    # owners.py (via guard.py): stored responses per tenant.
+    Hook(
+        "vllm.entrypoints.openai.responses.serving", "OpenAIServingResponses._make_not_found_error",
+        ("self", "response_id"), ('f"Response with id \'{response_id}\' not found."', "param=\"response_id\""),
+        why="the guard answers a tenant with this very body for another principal's response",
+    ),
+    Hook(
+        "vllm.entrypoints.openai.responses.serving", "OpenAIServingResponses._create_responses", None,
+        ("prev_response_id = request.previous_response_id", "self.response_store[response.id] = response"),
+        why="previous_response_id reads the store, which is keyed by the response id",
+    ),
+    Hook(
+        "vllm.entrypoints.openai.responses.protocol", "ResponsesResponse.from_request", None,
+        ("id=request.request_id",), why="a stored response's id is the request's (client-chosen) request_id",
+    ),
     # host_cache.py: SeLoRA adapters held in spectral form in the host cache.
     Hook(
         "vllm.lora.worker_manager", "LRUCacheWorkerLoRAManager.create_lora_manager", ("self", "model", "vllm_config"),

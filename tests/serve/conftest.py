@@ -42,8 +42,8 @@ def _wait_healthy(server: Server) -> None:
     launch.wait_healthy(server, STARTUP_TIMEOUT_S, "selora-serve")
 
 
-def start_server(args: list[str], log: Path) -> Server:
-    proc = launch.start(launch.selora_serve_command([*args, *launch.CPU_OPTIONS]), log,
+def start_server(args: list[str], log: Path, env: dict[str, str] | None = None) -> Server:
+    proc = launch.start(launch.selora_serve_command([*args, *launch.CPU_OPTIONS]), log, env=env,
                         timeout=STARTUP_TIMEOUT_S, name="selora-serve")
     return Server(proc.url, proc.process, proc.log)
 

@@ -58,7 +58,8 @@ def tenant_server(tiny_model, checkpoints, tmp_path_factory):
         shutil.copytree(checkpoints[src], root / "store" / name)
     args = ["--model", str(tiny_model), "--adapters", str(root / "store"), "--served-model-name", BASE,
             "--tenants", str(tenants_toml(root / "tenants.toml")), "--max-loras", "2"]
-    srv = start_server(args, root / "selora-serve.log")
+    # vLLM's Responses API store on: stored responses must stay each tenant's own.
+    srv = start_server(args, root / "selora-serve.log", env={"VLLM_ENABLE_RESPONSES_API_STORE": "1"})
     srv.store, srv.args = root / "store", args
     yield srv
     stop_server(srv)
@@ -93,6 +94,40 @@ def test_each_tenant_lists_only_what_it_may_use(tenant_server):
 def test_tenant_outputs_are_its_adapters(tenant_server, expected, checkpoints):
     assert complete(client(tenant_server, "acme"), "acme-haar", PROMPTS[:2]) == expected(checkpoints["haar"], PROMPTS)[:2]
     assert complete(client(tenant_server, "beta"), "shared-fourier", PROMPTS[:1]) == expected(checkpoints["fourier"], PROMPTS)[:1]
+
+
+def test_stored_responses_are_each_tenants_own(tenant_server):
+    acme, beta, admin = (KEYS[who] for who in ("acme", "beta", "admin"))
+    # beta uses the shared adapter: a later test checks that beta-db4 was never loaded.
+    ask = {"input": "the cat is", "max_output_tokens": 3, "temperature": 0}
+    status, _, text = raw(tenant_server, "/v1/responses", {"model": "acme-haar", **ask}, acme)
+    assert status == 200, text
+    rid = json.loads(text)["id"]
+    assert raw(tenant_server, f"/v1/responses/{rid}", key=acme)[0] == 200
+    assert raw(tenant_server, f"/v1/responses/{rid}", key=admin)[0] == 200
+    # Another tenant gets vLLM's own answer for an id that does not exist (asked by the admin,
+    # whom the guard lets through to vLLM), for reading, cancelling and continuing alike.
+    ghost = "resp_" + "0" * 32
+    st, _, vllm_body = raw(tenant_server, f"/v1/responses/{ghost}", key=admin)
+    assert st == 404
+    for path, body in ((f"/v1/responses/{rid}", None), (f"/v1/responses/{rid}/cancel", {})):
+        st, _, got = raw(tenant_server, path, body, beta)
+        assert (st, got) == (404, vllm_body.replace(ghost.encode(), rid.encode())), path
+    st, _, got = raw(tenant_server, "/v1/responses", {"model": "shared-fourier", **ask, "previous_response_id": rid}, beta)
+    assert st == 404 and json.loads(got)["error"]["message"] == f"Response with id '{rid}' not found."
+    # ... and cannot overwrite it by choosing its id.
+    st, _, got = raw(tenant_server, "/v1/responses", {"model": "shared-fourier", **ask, "request_id": rid}, beta)
+    assert st == 409 and "already in use" in json.loads(got)["error"]["message"]
+    assert json.loads(raw(tenant_server, f"/v1/responses/{rid}", key=acme)[2])["model"] == "acme-haar"
+    # Streamed responses are recorded too (their id comes in the first event).
+    events = list(client(tenant_server, "beta").responses.create(model="shared-fourier", stream=True, **ask))
+    streamed = events[0].response.id
+    assert client(tenant_server, "beta").responses.retrieve(streamed).id == streamed
+    with pytest.raises(openai.NotFoundError):
+        client(tenant_server, "acme").responses.retrieve(streamed)
+    # The owner may continue its own.
+    st, _, got = raw(tenant_server, "/v1/responses", {"model": "acme-haar", **ask, "previous_response_id": rid}, acme)
+    assert st == 200, got
 
 
 def test_another_tenants_adapter_answers_exactly_like_an_unknown_one(tenant_server):
