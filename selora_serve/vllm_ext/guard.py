@@ -20,9 +20,9 @@ With SELORA_TENANTS (a tenants file, see `selora_serve.tenants`; `selora-serve -
   a request without `model` means the base model; a non-JSON body from a tenant answers 415
   (a form body could name a model this guard cannot read);
 - GET /v1/models lists only what the caller may use;
-- stored responses (vLLM's Responses API store) are each tenant's own: reading, cancelling or
-  continuing another principal's answers as for an id that does not exist, and a tenant cannot
-  take another's `request_id` (see `owners`);
+- stored responses (vLLM's Responses API store, on with VLLM_ENABLE_RESPONSES_API_STORE=1) are
+  each tenant's own: reading, cancelling or continuing another principal's answers as for an id
+  that does not exist, and a tenant cannot take another's `request_id` (see `owners`);
 - every authenticated request is counted in `selora_tenant_requests_total{tenant, status}`
   (the admin as "admin", a refused key as "unauthenticated").
 vLLM's own --api-key check is not used with tenants (`selora-serve` refuses both together).
@@ -121,11 +121,13 @@ def unknown_response_body(response_id: str) -> dict:
 class Guard:
     """Pure ASGI middleware; see the module docstring for what it answers and when."""
 
-    def __init__(self, app, tenants=None, max_body: int = DEFAULT_MAX_BODY):
+    def __init__(self, app, tenants=None, max_body: int = DEFAULT_MAX_BODY, response_store: bool = False):
         self.app = app
         self.tenants = tenants
         self.max_body = max_body
-        self.owners = ResponseOwners()
+        # Only when vLLM stores responses: otherwise there is nothing to protect, and recording
+        # every response id would grow without bound.
+        self.owners = ResponseOwners() if response_store else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -142,7 +144,7 @@ class Guard:
             send = _counting(send, principal.name)
             if path_class(path) == "admin" and not principal.is_admin:
                 return await _respond(send, *_error(403, "this route needs the admin key", "PermissionDeniedError"))
-            stored = stored_response_id(method, path)
+            stored = stored_response_id(method, path) if self.owners is not None else None
             if stored is not None and not principal.is_admin and not self.owners.owns(principal.name, stored):
                 return await _respond(send, 404, unknown_response_body(stored))
 
@@ -166,7 +168,7 @@ class Guard:
                         return await _respond(send, *_error(400, "`model` must be a string", "BadRequestError", "model"))
                     if not principal.may_use(model, self._base_names(scope)):
                         return await _respond(send, 404, unknown_model_body(scope["app"], model))
-                if principal is not None and method == "POST" and path == CREATE_PATH:
+                if principal is not None and self.owners is not None and method == "POST" and path == CREATE_PATH:
                     refusal = self._response_refusal(principal, doc)
                     if refusal is not None:
                         return await _respond(send, *refusal)
@@ -288,7 +290,10 @@ class GuardPlugin:
         self.max_body = int(os.environ.get(ENV_MAX_BODY) or DEFAULT_MAX_BODY)
 
     def attach_router(self, app) -> None:
-        app.add_middleware(Guard, tenants=self.tenants, max_body=self.max_body)
+        import vllm.envs as envs
+
+        app.add_middleware(Guard, tenants=self.tenants, max_body=self.max_body,
+                           response_store=bool(envs.VLLM_ENABLE_RESPONSES_API_STORE))
 
     async def init_state(self, engine_client, state, args) -> None:
         if self.tenants is not None and getattr(args, "api_key", None):

@@ -17,8 +17,9 @@ tenant (the admin is never restricted):
 - the id of each created response is read from vLLM's reply (the JSON body, or the first
   server-sent event of a stream, `response.created`) and recorded for its principal.
 
-The record lives as long as the process, like vLLM's store (which never forgets either); an id it
-does not know is never a tenant's. Pure Python: no vLLM import.
+The guard keeps this record only while vLLM's store is on; it lives as long as the process, like
+vLLM's store (which never forgets either), and an id it does not know is never a tenant's. Pure
+Python: no vLLM import.
 """
 
 from __future__ import annotations

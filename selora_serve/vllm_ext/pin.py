@@ -66,6 +66,7 @@ HOOKS: tuple[Hook, ...] = (
         ("self", "response_id"), ('f"Response with id \'{response_id}\' not found."', "param=\"response_id\""),
         why="the guard answers a tenant with this very body for another principal's response",
     ),
+    Hook("vllm.envs", "VLLM_ENABLE_RESPONSES_API_STORE", why="the guard records owners only while it is on"),
     Hook(
         "vllm.entrypoints.openai.responses.serving", "OpenAIServingResponses._create_responses", None,
         ("prev_response_id = request.previous_response_id", "self.response_store[response.id] = response"),

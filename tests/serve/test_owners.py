@@ -1,9 +1,12 @@
-"""`vllm_ext.owners`: which principal created each stored response (pure, no server)."""
+"""`vllm_ext.owners`: which principal created each stored response, and the guard applying it
+(no server: a stand-in ASGI app plays vLLM)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+
+import pytest
 
 from selora_serve.vllm_ext.owners import ResponseOwners, stored_response_id
 
@@ -59,3 +62,47 @@ def test_errors_record_nothing_and_ids_keep_their_first_owner():
     assert not owners.claim("beta", "resp_mine")
     _replay(owners, "beta", 200, [b'{"id": "resp_mine"}'])
     assert owners.owns("acme", "resp_mine") and not owners.owns("beta", "resp_mine")
+
+
+def _call(guard, method, path, key, body=None):
+    """One request through the guard; (status, body) of what reached the client."""
+    from types import SimpleNamespace as NS
+
+    served = NS(state=NS(openai_serving_models=NS(base_model_paths=[NS(name="tiny")])))
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "app": served,
+             "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")]}
+    messages = [{"type": "http.request", "body": json.dumps(body).encode() if body is not None else b"",
+                 "more_body": False}]
+    sent = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(guard(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_guard_tracks_owners_only_while_vllms_response_store_is_on(tmp_path):
+    pytest.importorskip("vllm")  # the guard's 404 body is built by vLLM
+    from selora_serve.tenants import load_tenants
+    from selora_serve.vllm_ext.guard import Guard
+
+    from .test_tenants import KEYS, tenants_toml
+
+    async def app(scope, receive, send):  # stands in for vLLM: every response is "resp_1"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"id": "resp_1"}', "more_body": False})
+
+    tenants = load_tenants(tenants_toml(tmp_path / "tenants.toml"))
+    off = Guard(app, tenants, response_store=False)
+    assert off.owners is None
+    assert _call(off, "POST", "/v1/responses", KEYS["acme"], {"model": "acme-haar", "input": "x"})[0] == 200
+    assert _call(off, "GET", "/v1/responses/resp_1", KEYS["beta"]) == (200, b'{"id": "resp_1"}')  # vLLM decides
+    on = Guard(app, tenants, response_store=True)
+    assert _call(on, "POST", "/v1/responses", KEYS["acme"], {"model": "acme-haar", "input": "x"})[0] == 200
+    assert on.owners.owns("acme", "resp_1")
+    assert _call(on, "GET", "/v1/responses/resp_1", KEYS["acme"])[0] == 200
+    assert _call(on, "GET", "/v1/responses/resp_1", KEYS["beta"])[0] == 404
