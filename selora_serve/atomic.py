@@ -38,8 +38,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
-    """Open a temporary sibling of `path` for writing; on success rename it over `path`."""
+def atomic_file(path: str | Path, mode: str = "wb", *, durable: bool = True) -> Iterator[Any]:
+    """Open a temporary sibling of `path` for writing; on success rename it over `path`.
+
+    `durable=False` skips the fsyncs: the rename is still atomic for readers, but the file may be
+    lost in a crash (for files that do not outlive the process anyway)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}")
@@ -47,10 +50,12 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
         os.chmod(tmp, _umask_mode(0o666))
         with os.fdopen(fd, mode) as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Iterable, Literal, Sequence
 from urllib.parse import quote
 
+from ..atomic import atomic_file
 from ..checkpoint import COEF_FILE, CONFIG_FILE, CheckpointError, Manifest, is_selora_checkpoint, load_checkpoint
 from ..checkpoint.format import read_manifest
 from ..peft_io import PEFT_CONFIG
@@ -230,10 +231,8 @@ def mark_verified(path: str | Path, fingerprint: str) -> None:
     Written to a temporary name and renamed: a reader sees the whole mark or none. Not synced
     to disk: snapshots live as long as the server process.
     """
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=f"{VERIFIED_MARK}.tmp-")
-    with os.fdopen(fd, "w") as fh:
+    with atomic_file(Path(path) / VERIFIED_MARK, "w", durable=False) as fh:
         fh.write(fingerprint)
-    os.replace(tmp, Path(path) / VERIFIED_MARK)
 
 
 def is_verified(path: str | Path, fingerprint: str) -> bool:
