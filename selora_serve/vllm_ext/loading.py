@@ -92,14 +92,6 @@ def decode(adapter: SpectralAdapter, path: str, note: str, started: float | None
     return tensors
 
 
-def decode_tensors(path: str, base_config, expected_lora_modules: set[str]) -> dict:
-    """Validate the checkpoint at `path` against `base_config` (a config or its BaseFacts) and
-    decode its PEFT-named tensors."""
-    start = time.perf_counter()
-    adapter, verified = load_verified(path, base_config, expected_lora_modules)
-    return decode(adapter, path, ", verified snapshot" if verified else "", start)
-
-
 def selora_model_class(base_cls: type, base_config, form: str = "dense") -> type:
     """A subclass of vLLM's LoRAModel class `base_cls` that also loads SeLoRA directories; with
     `form` "spectral" each SeLoRA LoRAModel carries the `host_cache.SpectralSource` it is rebuilt

@@ -111,10 +111,14 @@ def test_worker_skips_value_checks_only_for_a_snapshot_verified_for_its_base(che
 
     from selora_serve.base_model import BaseFacts
     from selora_serve.checkpoint import CheckpointError
-    from selora_serve.vllm_ext.loading import decode_tensors
+    from selora_serve.peft_io import dense_state_dict
+    from selora_serve.vllm_ext.loading import load_verified
 
     facts = BaseFacts.of(load_config(tiny_model))
     modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+    def decode_tensors(path, facts, modules):  # what the worker loads and decodes
+        return dense_state_dict(load_verified(path, facts, modules)[0])
     good = snapshot(AdapterStore([checkpoints["haar"].parent]).find("haar"), tmp_path / "snapshots")
     want = decode_tensors(str(good), facts, modules)
     assert not is_verified(good, facts.fingerprint)
