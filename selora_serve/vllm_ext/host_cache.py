@@ -58,12 +58,9 @@ class SpectralSource:
 
     @property
     def nbytes(self) -> int:
-        total = 0
-        for mod in self.adapter.modules.values():
-            for t in (mod.coef_a, mod.coef_b, mod.magnitude):
-                if t is not None:
-                    total += t.numel() * t.element_size()
-        return total
+        # a checkpoint holds every tensor in its one coefficient dtype (checked on load)
+        first = next(iter(self.adapter.modules.values()))
+        return self.adapter.num_trainable * first.coef_a.element_size()
 
 
 def attach(lora_model, source: SpectralSource) -> None:

@@ -45,6 +45,7 @@ import os
 from types import SimpleNamespace
 
 from ..envdir import env_scratch_dir
+from .host_cache import source_of
 
 logger = logging.getLogger("vllm.selora_serve")
 
@@ -156,8 +157,6 @@ def weight_bytes(lora_model) -> int:
     cached = getattr(lora_model, "_selora_bytes", None)
     if cached is not None:
         return cached
-    from .host_cache import source_of
-
     source = source_of(lora_model)
     if source is not None:  # held as coefficients (its dense weights exist only in its slot)
         lora_model._selora_bytes = source.nbytes
