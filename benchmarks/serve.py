@@ -19,9 +19,10 @@ the machine's load lands on both: each N runs its traces in K rounds (--rounds),
 its own fresh adapters (`n{N}-r{k}-a{i}`, so every round starts with all of its adapters on disk
 only), the systems' order flipping every round (ABBA); the probe blocks alternate likewise.
 Before the sweep, each server runs one discarded trace over 8 warm-up adapters (without it the
-first N measured ran slower, selora-serve more so). Each system's figures pool the rounds (throughput: total output tokens over total wall time); the
-throughput ratio is the median over rounds of each round's selora/dense ratio, so one stall in
-one round (seen here: ~1 s, in either system) does not decide it. Per server:
+first N measured ran slower, selora-serve more so). Each system's figures pool the rounds
+(throughput: total output tokens over total wall time); the throughput ratio is the median over
+rounds of each round's selora/dense ratio, so one stall in one round (seen here: ~1 s, in either
+system) does not decide it. Per server:
 
   memory   host memory per cached adapter (`benchmarks/hostmem.py`): process-tree RSS growth
            over loading M fresh adapters into the host cache (M < host cache), and for
@@ -81,6 +82,7 @@ from selora_serve.convert import init_checkpoint, to_peft
 from selora_serve.serve import launch
 from selora_serve.serve.plan import on_cpu, supported_rank
 from selora_serve.tiny import TinySpec, build_tiny_model
+from selora_serve.vllm_ext.host_cache import HOST_CACHE_FORMS
 
 try:  # sibling modules: importable as benchmarks.* from the root, as plain modules from here
     from benchmarks import pagecache
@@ -224,14 +226,12 @@ def start_system(system: str, ws: Workspace, args, logs: Path) -> launch.ServerP
     return launch.start(cmd, logs / f"{system}.log", env=env, timeout=args.startup_timeout, name=system)
 
 
-def decode_times(server: launch.ServerProcess) -> list[float]:
-    """Milliseconds of every SeLoRA decode the server's worker has logged so far."""
-    return [float(t) for t in DECODE_LOG.findall(server.log.read_text(errors="replace"))]
-
-
-def resolve_times(server: launch.ServerProcess) -> list[tuple[float, float]]:
-    """(snapshot ms, verification ms) of every adapter the server's API process has resolved."""
-    return [(float(a), float(b)) for a, b in RESOLVE_LOG.findall(server.log.read_text(errors="replace"))]
+def logged_ms(server: launch.ServerProcess) -> tuple[list[float], list[tuple[float, float]]]:
+    """From the server's log so far: the milliseconds of every SeLoRA decode (worker), and the
+    (snapshot, verification) milliseconds of every adapter resolved (API process)."""
+    text = server.log.read_text(errors="replace")
+    return ([float(t) for t in DECODE_LOG.findall(text)],
+            [(float(a), float(b)) for a, b in RESOLVE_LOG.findall(text)])
 
 
 # ---------------------------------------------------------------- phases
@@ -250,7 +250,7 @@ def measure_n(servers: dict, ws: Workspace, n: int, args, seed: int) -> dict[str
     dirs = {"dense": ws.dense, "selora": ws.store}
     runs = {s: {pop: [] for pop in POPULARITY} for s in dirs}
     distinct = {pop: [] for pop in POPULARITY}
-    decodes_before, resolves_before = len(decode_times(servers["selora"])), len(resolve_times(servers["selora"]))
+    decodes_before, resolves_before = map(len, logged_ms(servers["selora"]))
     for rnd in range(args.rounds):
         names = trace_names(n, rnd)
         traces = {pop: trace_models(names, args.requests, pop, seed + 10 * n + k + 1000 * rnd)
@@ -284,7 +284,8 @@ def measure_n(servers: dict, ws: Workspace, n: int, args, seed: int) -> dict[str
             got = asyncio.run(sequential_ttft(servers[system], probes[part],
                                               ids[offset:offset + args.probes][part], warmup=BASE_NAME))
             ttft[system].setdefault(phase, []).extend(got)
-    decodes = decode_times(servers["selora"])[decodes_before:]  # first touches, evictions, probes
+    decodes, resolves = logged_ms(servers["selora"])
+    decodes = decodes[decodes_before:]  # first touches, evictions, probes
     out = {}
     for system in dirs:
         out[system] = {"system": system, "n_adapters": n,
@@ -294,7 +295,7 @@ def measure_n(servers: dict, ws: Workspace, n: int, args, seed: int) -> dict[str
                        "probe_ttfts_ms": {phase: [ms(t) for t in ttft[system][phase]] for phase in ("cold", "warm")}}
     out["selora"]["decodes"] = len(decodes)
     out["selora"]["decode_ms_p50"] = round(float(np.median(decodes)), 2) if decodes else None
-    resolves = np.array(resolve_times(servers["selora"])[resolves_before:]).reshape(-1, 2)
+    resolves = np.array(resolves[resolves_before:]).reshape(-1, 2)
     for k, key in enumerate(("snapshot_ms_p50", "verify_ms_p50")):  # API process, per first request
         out["selora"][key] = round(float(np.median(resolves[:, k])), 2) if len(resolves) else None
     return out
@@ -302,7 +303,7 @@ def measure_n(servers: dict, ws: Workspace, n: int, args, seed: int) -> dict[str
 
 def measure_ceiling(server, system: str, model: str, args, seed: int) -> dict:
     # Warm-up at the trace's concurrency: the first batches of each size cost extra on a fresh
-    # engine (the dense and selora servers got theirs in the memory phase).
+    # engine (the dense and selora servers got theirs from the warm-up trace before the sweep).
     warm = 4 * args.concurrency
     asyncio.run(run_trace(server, [model] * warm, prompts(warm, args.prompt_len, args.vocab, seed + 4),
                           args.output_len, args.concurrency))
@@ -367,7 +368,7 @@ def parse_args(argv):
                    help="adapters loaded for the host-memory measurement, < --host-cache (default: %(default)s)")
     p.add_argument("--slots", type=int, default=4, help="--max-loras for both systems (default: %(default)s)")
     p.add_argument("--host-cache", type=int, default=32, help="--max-cpu-loras for both systems (default: %(default)s)")
-    p.add_argument("--host-cache-form", choices=("dense", "spectral"), default="dense",
+    p.add_argument("--host-cache-form", choices=HOST_CACHE_FORMS, default="dense",
                    help="selora-serve's --host-cache-form: dense holds decoded A and B like plain vLLM, spectral "
                         "only the coefficients, decoded on each activation (default: %(default)s)")
     p.add_argument("--max-num-seqs", type=int, default=16, help="vLLM batch limit (default: %(default)s)")

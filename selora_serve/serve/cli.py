@@ -34,6 +34,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     from selora_serve import __version__
+    from selora_serve.vllm_ext.host_cache import HOST_CACHE_FORMS
 
     parser = argparse.ArgumentParser(
         prog="selora-serve", description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve this one checkpoint merged into --model's weights, with LoRA disabled")
     parser.add_argument("--merge-cache", metavar="DIR", default=None,
                         help="where merged models are kept (default: ~/.cache/selora-serve/merged)")
-    parser.add_argument("--host-cache-form", choices=("dense", "spectral"), default=None,
+    parser.add_argument("--host-cache-form", choices=HOST_CACHE_FORMS, default=None,
                         help="how adapters wait in vLLM's host cache (--max-cpu-loras): dense (default; vLLM's own "
                         "decoded A and B, activating one is a copy) or spectral (SeLoRA adapters keep only their "
                         "coefficients, about (1 - eta) of the bytes, and are decoded again each time they take a "
