@@ -29,3 +29,11 @@ def test_tiny_run_times_every_stage(tmp_path):
         assert all(v > 0 for v in doc["p50_ms"][system].values()), doc["p50_ms"]
         assert doc["total_ms"][system] == pytest.approx(sum(doc["p50_ms"][system].values()), abs=0.01)
     assert doc["selora_over_dense"] > 0
+
+
+def test_coldload_refuses_zero_adapters(capsys):
+    from benchmarks import coldload
+
+    with pytest.raises(SystemExit):
+        coldload.main(["--adapters", "0"])
+    assert "--adapters must be at least 1" in capsys.readouterr().err
