@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import functools
 from http import HTTPStatus
-
 from pathlib import Path
 
 from ..checkpoint import is_selora_checkpoint
