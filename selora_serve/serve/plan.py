@@ -12,6 +12,9 @@ float32 (vLLM's CPU backend has no bf16 kernels on many hosts) with 30 % of RAM 
 whenever anything else uses memory). Merge mode merges one checkpoint
 into the base weights once (cached by content) and serves that with LoRA off.
 
+Both modes refuse up front a model the engine would start with and then fail to run
+(`preflight`: e.g. an attention head size vLLM's CPU backend lacks).
+
 `plan_guard` adds the request guard to either (vllm_ext/guard.py: body size limit, and with
 --tenants per-tenant API keys and adapters); the tenants file is validated here, before vLLM
 starts. At most --max-loras - 1 adapters may be pinned (vLLM's worker fails once every slot is).
@@ -30,6 +33,7 @@ from ..vllm_ext.guard import ENV_MAX_BODY, ENV_TENANTS, PLUGIN_NAME as GUARD_PLU
 from ..vllm_ext.host_cache import ENV_HOST_CACHE_FORM
 from ..vllm_ext.resolver import ENV_MAX_RANK
 from ..vllm_ext.store import ENV_DIRS, AdapterStore
+from .preflight import check_model
 
 # vLLM 0.32's accepted --max-lora-rank values (vllm.config.lora.MaxLoRARanks).
 SUPPORTED_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -145,7 +149,9 @@ def plan_store(
     if host_cache_form:
         env[ENV_HOST_CACHE_FORM] = host_cache_form
         notes.append(f"host cache holds SeLoRA adapters in {host_cache_form} form")
-    return Launch(["--model", model] + _defaults(argv, defaults, notes) + argv, env, notes)
+    full = ["--model", model] + _defaults(argv, defaults, notes) + argv
+    check_model(model, option_value(full, "--dtype"), cpu)
+    return Launch(full, env, notes)
 
 
 def plan_guard(launch: Launch, tenants: str | None = None, max_body_bytes: int | None = None,
@@ -189,6 +195,8 @@ def plan_merge(
 
     if has_option(passthrough, "--enable-lora", "--lora-modules"):
         raise ValueError("--merge serves one adapter merged into the base weights; it cannot enable LoRA")
+    cpu = on_cpu() if cpu is None else cpu
+    check_model(model, option_value(passthrough, "--dtype") or ("float32" if cpu else None), cpu)
     out = merged_dir(ckpt, model, cache)
     notes = []
     if not out.is_dir():
@@ -198,7 +206,7 @@ def plan_merge(
         notes.append(f"using the cached merge at {out}")
     argv = list(passthrough)
     defaults: list[tuple[str, str | None]] = [("--served-model-name", Path(ckpt).resolve().name)]
-    if on_cpu() if cpu is None else cpu:
+    if cpu:
         defaults += CPU_DEFAULTS
     return Launch(["--model", str(out)] + _defaults(argv, defaults, notes) + argv, {}, notes)
 

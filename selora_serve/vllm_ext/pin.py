@@ -112,6 +112,11 @@ HOOKS: tuple[Hook, ...] = (
         ("resolver.resolve_lora(base_model_name, lora_name)",),
         why="calls our resolver; an exception it raises becomes the HTTP error",
     ),
+    # engine_support.py: what the CPU attention backend runs, checked before the engine starts.
+    Hook("vllm.v1.attention.backends.cpu_attn", "CPUAttentionBackend.get_supported_head_sizes", ("cls",),
+         why="selora-serve refuses a model whose head size the CPU backend would fail on at the first request"),
+    Hook("vllm.v1.attention.backends.cpu_attn", "CPUAttentionBackend.supported_dtypes"),
+    Hook("vllm.v1.attention.backends.cpu_attn", "CPUAttentionBackend.get_name", ()),
     # metrics.py: residency and evictions (worker), requests and tokens (API server), /metrics.
     Hook(
         "vllm.lora.worker_manager", "LRUCacheWorkerLoRAManager.add_adapter", ("self", "lora_request"),
