@@ -118,14 +118,39 @@ class StepLog:
     tokens_per_second: float
 
 
+def _split_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(decoder body, output layer) of a plain transformers causal LM, or None when its logits
+    are more than the output layer applied to the body's last hidden state (soft-capping,
+    logit scales), or the parts cannot be found."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    body = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(body, nn.Module) or not isinstance(head, nn.Linear) or body is model:
+        return None
+    return body, head
+
+
 def _token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed next-token cross-entropy over labelled positions (float32 logits)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    shift_logits = logits[:, :-1].float()
-    shift_labels = batch["labels"][:, 1:]
-    return nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
-    )
+    """Summed next-token cross-entropy over labelled positions (float32 logits).
+
+    Only the labelled positions go through the output layer: with a 49k-token vocabulary it is
+    most of a small model's step, and the loss is on the response only. Models whose logits are
+    not just that layer take the full forward pass (same value, tested equal)."""
+    labels = batch["labels"][:, 1:]
+    parts = _split_head(model)
+    if parts is None:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        shift_logits = logits[:, :-1].float()
+        return nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+    body, head = parts
+    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)[0]
+    keep = labels != -100
+    logits = head(hidden[:, :-1][keep]).float()
+    return nn.functional.cross_entropy(logits, labels[keep], reduction="sum")
 
 
 def fit(
