@@ -30,6 +30,10 @@ Data (--data, JSONL, one object per line):
         ### Instruction: ... ### Response:"), the one the server uses, and the loss is taken on
         the output only
   {"text": ...}                                                 plain text, loss on every token
+  {"messages": [{"role": "user", "content": ...},
+                {"role": "assistant", "content": ...}, ...]}     chat, rendered with the model's
+        own chat template exactly as /v1/chat/completions renders it; the loss is taken on the
+        assistant turns only (system and user turns are context)
 Bad records (invalid JSON, a missing field, an empty file, an example over --max-len) stop the
 run before training with the file and line number. Nothing is truncated.
 
@@ -61,6 +65,7 @@ def _warmup(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from selora_serve import __version__
+    from selora_serve.training.data import FORMATS
 
     p = argparse.ArgumentParser(
         prog="selora-train", description=DESCRIPTION, epilog=EPILOG,
@@ -70,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     io = p.add_argument_group("input and output")
     io.add_argument("--model", required=True, metavar="MODEL_DIR", help="local Hugging Face model directory (the frozen base)")
-    io.add_argument("--data", required=True, metavar="FILE.jsonl", help="training data, alpaca-style or plain text JSONL (see above)")
-    io.add_argument("--data-format", choices=("auto", "alpaca", "text"), default="auto",
+    io.add_argument("--data", required=True, metavar="FILE.jsonl", help="training data: alpaca-style, plain text or chat JSONL (see above)")
+    io.add_argument("--data-format", choices=FORMATS, default="auto",
                     help="record kind; auto decides from the first record's keys; default %(default)s")
     io.add_argument("--out", required=True, metavar="CKPT",
                     help="directory to write: a SeLoRA checkpoint (a PEFT directory for --variant lora)")

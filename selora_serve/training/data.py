@@ -8,10 +8,15 @@ Two record kinds, one JSON object per line (blank lines are skipped):
                       the loss is on the response only
     text    {"text": str, ...}
             tokens  = tokenizer(text) + [eos], labels = tokens (plain language modelling)
+    chat    {"messages": [{"role": "system" | "user" | "assistant", "content": str}, ...], ...}
+            tokens  = the tokenizer's chat template over the conversation (what an OpenAI-style
+                      /v1/chat/completions request renders), labels on every assistant turn
+                      including its end-of-turn marker, -100 elsewhere
 
-The prompt comes from `selora_serve.prompts`, the one definition the server uses too. Prompt
-and response are tokenised separately and concatenated, so the boundary is exactly where the
-server's generation starts (no BPE merge across it). Extra keys are ignored (alpaca-style data
+The alpaca prompt comes from `selora_serve.prompts`, the one definition the server uses too; a
+chat prompt is the model's own template, rendered as the server renders it (with the generation
+prompt). Prompt and response are tokenised separately and concatenated, so the boundary is
+exactly where the server's generation starts (no BPE merge across it). Extra keys are ignored (alpaca-style data
 sets often carry an "answer" or "id"). Every problem raises DataError naming the file and the
 1-based line: invalid JSON, a missing or non-string field, an empty file, an example longer
 than the limit (never truncated silently: a cut response teaches the model to stop early).
@@ -28,7 +33,8 @@ import torch
 
 from ..prompts import alpaca_prompt
 
-FORMATS = ("auto", "alpaca", "text")
+FORMATS = ("auto", "alpaca", "text", "chat")
+CHAT_ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100  # transformers' and torch's cross-entropy ignore_index
 
 
@@ -71,14 +77,53 @@ def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
 
 
 def detect_format(record: dict, where: str) -> str:
+    if "messages" in record:
+        return "chat"
     if "instruction" in record or "output" in record:
         return "alpaca"
     if "text" in record:
         return "text"
     raise DataError(
         f"{where}: cannot tell the record kind from its keys {sorted(record)}: expected "
-        '{"instruction", "input", "output"} (alpaca) or {"text"} (plain text)'
+        '{"instruction", "input", "output"} (alpaca), {"text"} (plain text) or {"messages"} (chat)'
     )
+
+
+def _messages(record: dict, where: str) -> list[dict]:
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: field 'messages' must be a non-empty list of {{\"role\", \"content\"}} objects")
+    for i, msg in enumerate(messages):
+        at = f"{where}: messages[{i}]"
+        if not isinstance(msg, dict) or msg.get("role") not in CHAT_ROLES:
+            raise DataError(f"{at}: expected an object with a 'role' of {', '.join(CHAT_ROLES)}, got {msg!r:.80}")
+        if not isinstance(msg.get("content"), str) or not msg["content"].strip():
+            raise DataError(f"{at}: 'content' must be a non-empty string")
+    if not any(msg["role"] == "assistant" for msg in messages):
+        raise DataError(f"{where}: the conversation has no assistant message to learn from")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _chat_segments(messages: list[dict], tokenizer, where: str) -> list[tuple[str, bool]]:
+    """The rendered conversation as consecutive (text, is an assistant turn) pieces."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"{where}: chat records need a tokenizer with a chat template, and this model's has none "
+                        "(use alpaca or text records)")
+
+    def render(upto: int, generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=generation_prompt)
+
+    segments, done = [], ""
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        prompt, full = render(i, True), render(i + 1, False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise DataError(f"{where}: the model's chat template does not render this conversation turn by turn "
+                            "(a prefix changes when a message is added), so its assistant turns cannot be labelled")
+        segments += [(prompt[len(done):], False), (full[len(prompt):], True)]
+        done = full
+    return [(text, learn) for text, learn in segments if text]
 
 
 def _field(record: dict, key: str, where: str, fmt: str, *, required: bool = True, empty_ok: bool = False) -> str:
@@ -110,8 +155,19 @@ def encode_record(record: dict, fmt: str, tokenizer, max_len: int, where: str) -
     elif fmt == "text":
         prompt_ids = []
         response_ids = tokenizer(_field(record, "text", where, fmt), add_special_tokens=True)["input_ids"] + [eos]
+    elif fmt == "chat":
+        ids: list[int] = []
+        labels: list[int] = []
+        for text, learn in _chat_segments(_messages(record, where), tokenizer, where):
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids += piece
+            labels += piece if learn else [IGNORE_INDEX] * len(piece)
+        if len(ids) > max_len:
+            raise DataError(f"{where}: example is {len(ids)} tokens, over the limit of {max_len} "
+                            "(--max-len); raise the limit or shorten the example")
+        return Example(tuple(ids), tuple(labels), where)
     else:
-        raise ValueError(f"unknown record format {fmt!r}: expected alpaca or text")
+        raise ValueError(f"unknown record format {fmt!r}: expected alpaca, text or chat")
     total = len(prompt_ids) + len(response_ids)
     if total > max_len:
         detail = f"prompt {len(prompt_ids)} + response {len(response_ids)}" if prompt_ids else f"{total}"

@@ -109,3 +109,46 @@ def test_the_readme_example_data_loads(tokenizer):
 
     path = Path(__file__).parents[2] / "docs" / "examples" / "tiny-qa.jsonl"
     assert len(load_examples(path, tokenizer, max_len=128)) == 6
+
+
+CHAT = {"messages": [{"role": "user", "content": "name the bird"}, {"role": "assistant", "content": "red house"},
+                     {"role": "user", "content": "and the cat"}, {"role": "assistant", "content": "blue mountain"}]}
+
+
+def test_chat_records_learn_the_assistant_turns_as_the_server_renders_them(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "c.jsonl", [CHAT])
+    (ex,) = load_examples(path, tokenizer, max_len=256)
+    # The whole conversation is the chat template's rendering, token for token.
+    assert list(ex.input_ids) == tokenizer(tokenizer.apply_chat_template(CHAT["messages"], tokenize=False),
+                                           add_special_tokens=False)["input_ids"]
+    # Each assistant turn starts exactly where the server's generation would (template with the
+    # generation prompt), and only the assistant turns carry labels.
+    first_prompt = tokenizer(tokenizer.apply_chat_template(CHAT["messages"][:1], tokenize=False,
+                                                           add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    assert all(label == IGNORE_INDEX for label in ex.labels[: len(first_prompt)])
+    assert ex.labels[len(first_prompt)] == ex.input_ids[len(first_prompt)]
+    learned = tokenizer.decode([t for t in ex.labels if t != IGNORE_INDEX])
+    assert learned == "red house\nblue mountain\n"  # the tiny template ends each turn with a newline
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"messages": []}, "field 'messages' must be a non-empty list"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "the conversation has no assistant message"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0]: expected an object with a 'role' of system, user, assistant"),
+    ({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}]}, "messages[0]: 'content' must be a non-empty string"),
+])
+def test_bad_chat_records_name_the_line_and_field(tmp_path, tokenizer, record, message):
+    path = write_jsonl(tmp_path / "c.jsonl", [CHAT, record])
+    with pytest.raises(DataError) as err:
+        load_examples(path, tokenizer, max_len=256)
+    assert str(err.value).startswith(f"{path}:2: ") and message in str(err.value)
+
+
+def test_chat_records_need_a_chat_template(tmp_path, tokenizer):
+    import copy
+
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    path = write_jsonl(tmp_path / "c.jsonl", [CHAT])
+    with pytest.raises(DataError, match=r"c.jsonl:1: chat records need a tokenizer with a chat template"):
+        load_examples(path, plain, max_len=256)
