@@ -67,6 +67,7 @@ class Sizes:
     lrs: tuple[float, ...] = (2e-4, 6e-4, 2e-3)
     seeds: int = 3
     methods: tuple[str, ...] = METHODS
+    digits: int = 3  # of each addend
 
 
 QUICK = Sizes(train=24, validation=8, test=8, batch=4, warmup=1, lrs=(6e-4,), seeds=1,
@@ -76,13 +77,15 @@ QUICK = Sizes(train=24, validation=8, test=8, batch=4, warmup=1, lrs=(6e-4,), se
 # --- the task ------------------------------------------------------------------------------------
 
 def addition_split(sizes: Sizes, data_seed: int = 1234) -> dict[str, list[tuple[str, str]]]:
-    """{"train", "validation", "test"}: disjoint lists of ("a+b=", "c") with 100 <= a, b <= 999."""
+    """{"train", "validation", "test"}: disjoint lists of ("a+b=", "c"), a and b of `sizes.digits`
+    digits (100..999 for 3)."""
     rng = random.Random(data_seed)
+    low, high = 10 ** (sizes.digits - 1), 10 ** sizes.digits - 1
     seen: set[tuple[int, int]] = set()
     pairs = []
     need = sizes.train + sizes.validation + sizes.test
     while len(pairs) < need:
-        a, b = rng.randint(100, 999), rng.randint(100, 999)
+        a, b = rng.randint(low, high), rng.randint(low, high)
         if (a, b) not in seen:
             seen.add((a, b))
             pairs.append((f"{a}+{b}=", str(a + b)))
@@ -253,7 +256,7 @@ def run(model_dir: str, sizes: Sizes, device: str, threads: int, json_path: str 
         "hardware": {"cpu": platform.processor() or platform.machine(), "device": device, "torch_threads": threads,
                      "torch": torch.__version__, "python": platform.python_version()},
         "model": {"dir": model_dir}, "sizes": asdict(sizes),
-        "task": "three-digit addition 'a+b=' -> 'c', a, b in 100..999; disjoint train/validation/test",
+        "task": f"{sizes.digits}-digit addition 'a+b=' -> 'c'; disjoint train/validation/test",
         "runs": [],
     }
 
@@ -352,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lrs", default=None, help="comma-separated learning rates to sweep (default 2e-4,6e-4,2e-3)")
     parser.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--train-examples", type=int, default=None, help="training examples (one epoch; default 1200)")
+    parser.add_argument("--digits", type=int, default=None, help="digits of each addend (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--json", metavar="PATH", default=None, help="write the JSON document here (after every run)")
@@ -368,13 +372,15 @@ def main(argv: list[str] | None = None) -> int:
             sizes = replace(sizes, methods=tuple(args.methods.split(",")))
         if args.train_examples is not None:
             sizes = replace(sizes, train=args.train_examples)
+        if args.digits is not None:
+            sizes = replace(sizes, digits=args.digits)
     except ValueError as exc:
         parser.error(f"--lrs: expected numbers separated by commas ({exc})")
     unknown = [m for m in sizes.methods if m not in METHODS]
     if unknown:
         parser.error(f"--methods: unknown {', '.join(unknown)}; expected a subset of {', '.join(METHODS)}")
-    if sizes.seeds < 1 or sizes.train < sizes.batch:
-        parser.error("--seeds must be >= 1 and --train-examples at least one batch")
+    if sizes.seeds < 1 or sizes.train < sizes.batch or not 1 <= sizes.digits <= 6:
+        parser.error("--seeds must be >= 1, --train-examples at least one batch, --digits in 1..6")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here")
     model_dir = args.model_dir or default_model_dir()

@@ -25,7 +25,7 @@ vllm.entrypoints.openai.api_server --help`), e.g. --tensor-parallel-size, --max-
 
 EPILOG = """\
 examples:
-  selora-serve --demo
+  selora-serve --demo                                  # SmolLM2-135M-Instruct + 3 trained adapters, :8000
   selora-serve --model meta-llama/Meta-Llama-3-8B --adapters /srv/adapters --port 8000
   selora-serve --model ./llama --adapters ./a --adapters ./b --max-loras 8 --tensor-parallel-size 2
   selora-serve --merge ./ckpt --model ./llama          # one adapter merged into W0, LoRA off
@@ -34,6 +34,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     from selora_serve import __version__
+    from selora_serve.serve.demo import DEMO_MODELS
     from selora_serve.vllm_ext.host_cache import HOST_CACHE_FORMS
 
     parser = argparse.ArgumentParser(
@@ -61,9 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, default=None, metavar="N",
                         help="largest request body accepted, in bytes (default 1 MiB; larger answers 413)")
     parser.add_argument("--demo", action="store_true",
-                        help="build a tiny local base model and three demo adapters, and serve them on CPU")
+                        help="serve SmolLM2-135M-Instruct (written from the `real` extra's GGUF file, no download) and "
+                        "three SeLoRA adapters trained on it: demo-pirate (a persona), demo-terse (a style), "
+                        "demo-extract (a task); the base model is `smollm2`")
+    parser.add_argument("--demo-model", choices=DEMO_MODELS, default="smollm2",
+                        help="with --demo: smollm2 (default) or tiny (a random 2-layer Llama with random adapters: "
+                        "nothing to install, answers in fluent nonsense)")
     parser.add_argument("--demo-dir", metavar="DIR", default=None,
-                        help="where --demo builds its model and adapters (default: ~/.cache/selora-serve/demo)")
+                        help="where --demo writes its model and adapters (default: ~/.cache/selora-serve/demo)")
     return parser
 
 
@@ -77,11 +83,11 @@ def _plan(args: argparse.Namespace, passthrough: list[str]):
     from .plan import default_cache, plan_merge, plan_store
 
     if args.demo:
-        from .demo import DEMO_VLLM_OPTIONS, build_demo
+        from .demo import build_demo, demo_options
 
-        model, store = build_demo(args.demo_dir or default_cache() / "demo")
+        model, store = build_demo(args.demo_dir or default_cache() / "demo", args.demo_model)
         extra = []
-        for flag, value in DEMO_VLLM_OPTIONS:
+        for flag, value in demo_options(args.demo_model):
             if flag not in {a.split("=", 1)[0] for a in passthrough}:
                 extra += [flag] if value is None else [flag, value]
         return plan_store(str(model), [str(store)], extra + passthrough, pinned=args.pin,
