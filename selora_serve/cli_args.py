@@ -9,7 +9,7 @@ def add_basis_options(parser) -> None:
     """--basis and --wavelet, on a parser or an argument group."""
     parser.add_argument("--basis", choices=("wavelet", "fourier"), default="wavelet",
                         help="spectral basis: wavelet (SeLoRA-W, the paper's better variant) or fourier "
-                        "(SeLoRA-F); default %(default)s")
+                        "(SeLoRA-F, the orthonormal Hartley basis of docs/FORMAT.md); default %(default)s")
     parser.add_argument("--wavelet", default="haar",
                         help="wavelet for --basis wavelet: haar (default, fastest), db4, bior2.2, coif1, or any "
                         "pywt discrete wavelet")

@@ -30,7 +30,7 @@ class SeLoRAConfig:
     variant: str = "selora"
 
     def __post_init__(self) -> None:
-        if self.basis == "fourier" and self.wavelet is not None:
+        if self.basis in ("fourier", "fourier-real") and self.wavelet is not None:
             object.__setattr__(self, "wavelet", None)
         try:
             Basis(self.basis, self.wavelet)

@@ -32,7 +32,10 @@ from ..spectral.omega import num_coefficients, omega_digest
 CONFIG_FILE = "selora_config.json"
 COEF_FILE = "selora_coefficients.safetensors"
 FORMAT_NAME = "selora"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what writers write
+# Versions readers accept. Version 1's basis "fourier" (Re(ifft2)) is version 2's "fourier-real";
+# version 2's "fourier" is the orthonormal Hartley basis (docs/FORMAT.md, section 9).
+READ_VERSIONS = (1, 2)
 # Any real linear layer is far smaller; larger declared shapes are refused before anything is
 # allocated, so a hostile manifest cannot make a loader reserve huge buffers.
 MAX_FEATURES = 1 << 20
@@ -118,13 +121,20 @@ def read_manifest(path: str | Path) -> Manifest:
     if need("format", str) != FORMAT_NAME:
         raise CheckpointError(file, "format", f"expected {FORMAT_NAME!r}, got {data['format']!r}")
     version = need("format_version", int)
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise CheckpointError(
             file, "format_version",
-            f"unsupported version {version}: this build of selora-serve reads version {FORMAT_VERSION}",
+            f"unsupported version {version}: this build of selora-serve reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}",
         )
+    raw_config = need("config", dict)
+    if version == 1:
+        if raw_config.get("basis") == "fourier-real":
+            raise CheckpointError(file, "config.basis", "'fourier-real' is a version 2 name; version 1 calls it 'fourier'")
+        if raw_config.get("basis") == "fourier":
+            raw_config = {**raw_config, "basis": "fourier-real"}
     try:
-        config = SeLoRAConfig.from_dict(need("config", dict), where="config")
+        config = SeLoRAConfig.from_dict(raw_config, where="config")
     except ConfigError as exc:
         raise CheckpointError(file, "config", str(exc).removeprefix("config: ")) from None
     base = need("base_model", dict)

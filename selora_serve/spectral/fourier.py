@@ -1,4 +1,17 @@
-"""SeLoRA-F's transform: A = Re(ifft2(F)) with torch's default ("backward") normalisation.
+"""SeLoRA-F's transforms: the orthonormal 2D Hartley basis (format v2), and Re(ifft2) (format v1).
+
+**`fourier` (format v2): the orthonormal discrete Hartley transform.** With cas t = cos t + sin t,
+
+    X[p, q] = (1 / sqrt(m n)) sum_{u,v} F[u, v] cas(2 pi (u p / m + v q / n))
+            = Re(Y) + Im(Y),   Y = ifft2(F, norm="ortho")       (`hartley`, the reference)
+
+The m n functions are an orthonormal basis of all real (m, n) matrices (the transform is its own
+inverse), so every coefficient moves the matrix as much as a Haar coefficient does and a dense
+matrix has an exact spectrum. `hartley_fast` computes it from one real-to-complex FFT along the
+long side: fft2(F) = conj(ifft2(F)), so X = Re(fft2 F) - Im(fft2 F), and the columns past the
+half are mirror images of the first half's (the spectrum of a real F is Hermitian).
+
+**`fourier-real` (format v1): A = Re(ifft2(F)) with torch's default ("backward") normalisation.**
 
 The spectral matrix has the spatial shape (m, n) and real entries. Because F is real,
 Re(ifft2(F)) = ifft2(E) with E = (F + F[-u mod m, -v mod n]) / 2, real and even
@@ -32,9 +45,43 @@ def spectral_shape(shape: tuple[int, int]) -> tuple[int, int]:
     return (int(shape[0]), int(shape[1]))
 
 
+def _float(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def hartley(spectrum: torch.Tensor) -> torch.Tensor:
+    """Reference: the orthonormal 2D discrete Hartley transform over the last two dims (its own
+    inverse, so also the forward transform)."""
+    y = torch.fft.ifft2(_float(spectrum), norm="ortho")
+    return y.real + y.imag
+
+
+def hartley_fast(spectrum: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`hartley` of (c, m, n) float32/64 spectra through one rfft2, halving the long side;
+    written into `out` (any float dtype) if given."""
+    m, n = spectrum.shape[-2:]
+    tall = m > n
+    wide = spectrum.transpose(-1, -2) if tall else spectrum  # (c, r, l), l the long side
+    if out is None:
+        out = torch.empty(spectrum.shape, dtype=spectrum.dtype, device=spectrum.device)
+    target = out.transpose(-1, -2) if tall else out
+    r, l = wide.shape[-2:]
+    z = torch.fft.rfft2(wide, norm="ortho")  # (c, r, l // 2 + 1): fft2 for columns 0 .. l // 2
+    half = l // 2 + 1
+    target[..., :half].copy_(z.real - z.imag)
+    rest = l - half
+    if rest:
+        # X[p, q] = Re + Im of fft2 at (-p mod r, l - q), for q = half .. l - 1
+        rows = torch.cat([torch.zeros(1, dtype=torch.long, device=z.device),
+                          torch.arange(r - 1, 0, -1, device=z.device)])
+        mirror = (z.real + z.imag)[..., rows, 1 : rest + 1]
+        target[..., half:].copy_(torch.flip(mirror, dims=(-1,)))
+    return out
+
+
 def ifft2_real(spectrum: torch.Tensor) -> torch.Tensor:
-    """Reference inverse: Re(ifft2(F)) over the last two dims."""
-    return torch.fft.ifft2(spectrum.float() if spectrum.dtype not in (torch.float32, torch.float64) else spectrum).real
+    """Reference inverse of `fourier-real`: Re(ifft2(F)) over the last two dims."""
+    return torch.fft.ifft2(_float(spectrum)).real
 
 
 def is_tall(shape: tuple[int, int]) -> bool:

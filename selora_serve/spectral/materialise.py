@@ -214,6 +214,14 @@ class _FourierDecoder(_Decoder):
         return fourier.synthesise_even(half, self.layout.shape, target, scale=0.5)
 
 
+class _HartleyDecoder(_Decoder):
+    """`fourier`: the gathered spectrum through one rfft2 (`fourier.hartley_fast`)."""
+
+    def finish(self, gathered, scratch, out, dtype):
+        spectrum = gathered.view(gathered.shape[0], *self.layout.spectral_shape)
+        return fourier.hartley_fast(spectrum, self._new(gathered, dtype) if out is None else out)
+
+
 class _SpectrumDecoder(_Decoder):
     """Any other basis: gather the spectrum, then the basis's own inverse."""
 
@@ -227,6 +235,8 @@ class _SpectrumDecoder(_Decoder):
 def _decoder(layout: MatrixLayout, device: str) -> _Decoder:
     basis = layout.basis
     if basis.name == "fourier":
+        return _HartleyDecoder(layout, device)
+    if basis.name == "fourier-real":
         return _FourierDecoder(layout, device)
     if basis.wavelet in ("haar", "db1"):
         return _HaarDecoder(layout, device)

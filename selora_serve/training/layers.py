@@ -78,6 +78,8 @@ class AdapterSpec:
             return "LoRA"
         c = self.config
         name = "SeDoRA" if c.variant == "sedora" else "SeLoRA"
+        if c.basis == "fourier-real":
+            return f"{name}-F (Re(ifft2), format v1)"
         return f"{name}-F" if c.basis == "fourier" else f"{name}-W ({c.wavelet})"
 
     def to_dict(self) -> dict:
@@ -107,14 +109,14 @@ def coefficient_gain(layout: MatrixLayout) -> float:
 
     Adam moves every parameter by about `lr` per step whatever its gradient's scale, so what a
     step does to A or B depends on how strongly one coefficient moves the matrix. Orthonormal
-    wavelets move it by O(1) (Haar: +-1/2 on a 2x2 block), but torch's default ("backward")
-    ifft2 divides by M*N, so Fourier-decoded A and B would learn ~sqrt(M*N) times slower (about
-    90x for a 256 x 32 matrix: SeLoRA-F then does not train at LoRA's learning rates). Training
-    the coefficients divided by sqrt(M*N) (torch's "ortho" normalisation) gives every basis
-    LoRA-like step sizes. The function space, the initial matrices and the stored coefficients
-    are unchanged: this only preconditions the optimiser.
+    bases (the wavelets, and `fourier`'s Hartley basis) move it by O(1) (Haar: +-1/2 on a 2x2
+    block): gain 1. Format v1's `fourier-real` uses torch's default ("backward") ifft2, which
+    divides by M*N, so its A and B would learn ~sqrt(M*N) times slower (about 90x for a 256 x 32
+    matrix); training its coefficients divided by sqrt(M*N) (the "ortho" scale) gives it LoRA-like
+    step sizes. The function space, the initial matrices and the stored coefficients are
+    unchanged: this only preconditions the optimiser.
     """
-    if layout.basis.name == "fourier":
+    if layout.basis.name == "fourier-real":
         rows, cols = layout.spectral_shape
         return float(rows * cols) ** 0.5
     return 1.0

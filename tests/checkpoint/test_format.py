@@ -87,8 +87,33 @@ def test_garbage_manifest(ckpt):
 
 
 def test_unknown_version(ckpt):
-    _edit_manifest(ckpt, lambda d: d.update(format_version=2))
-    _expect(ckpt, CONFIG_FILE, "format_version", "unsupported version 2")
+    _edit_manifest(ckpt, lambda d: d.update(format_version=3))
+    _expect(ckpt, CONFIG_FILE, "format_version", "unsupported version 3: this build of selora-serve reads versions 1, 2")
+
+
+def test_version_1_fourier_reads_as_fourier_real_with_the_same_numbers(checkpoints, tmp_path):
+    """Format v1's "fourier" (Re(ifft2)) is v2's "fourier-real": old checkpoints decode as before."""
+    from selora_serve.adapter import materialise_adapter
+    from selora_serve.checkpoint import FORMAT_VERSION
+
+    v2 = load_checkpoint(checkpoints["fourier"])
+    legacy = type(v2)(type(v2.config)(**{**v2.config.to_dict(), "basis": "fourier-real"}), v2.base, v2.modules)
+    path = save_checkpoint(legacy, tmp_path / "v1")
+    assert read_manifest(path).config.basis == "fourier-real" and FORMAT_VERSION == 2
+    _edit_manifest(path, lambda d: (d.update(format_version=1), d["config"].update(basis="fourier")))
+    old = load_checkpoint(path)
+    assert old.config.basis == "fourier-real"
+    name = next(iter(old.modules))
+    a, _ = materialise_adapter(old)[name]
+    mod = old.modules[name]
+    spectrum = torch.zeros(old.config.r * mod.in_features, dtype=torch.float64)
+    spectrum[torch.from_numpy(old.layout_a(mod).positions.copy())] = mod.coef_a.double()
+    want = torch.fft.ifft2(spectrum.view(old.config.r, mod.in_features)).real
+    torch.testing.assert_close(a.double(), want, atol=1e-6, rtol=1e-5)
+    # ... and v2 decodes the same coefficients differently (the Hartley basis).
+    assert not torch.allclose(materialise_adapter(v2)[name][0], a)
+    _edit_manifest(path, lambda d: d["config"].update(basis="fourier-real"))
+    _expect(path, CONFIG_FILE, "config.basis", "'fourier-real' is a version 2 name; version 1 calls it 'fourier'")
 
 
 def test_unknown_basis(ckpt):

@@ -23,7 +23,7 @@ from selora_serve.spectral.materialise import (
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = [(7, 33), (8, 64), (32, 96), (96, 32), (1, 1), (2, 5)]
-FAST = [Basis("wavelet", "haar"), Basis("fourier")]
+FAST = [Basis("wavelet", "haar"), Basis("fourier"), Basis("fourier-real")]
 OTHER = [Basis("wavelet", "db4"), Basis("wavelet", "bior2.2"), Basis("wavelet", "coif1")]
 
 

@@ -17,7 +17,17 @@ from selora_serve.spectral.materialise import (
 )
 from selora_serve.spectral.omega import omega
 
-BASES = [Basis("wavelet", "haar"), Basis("wavelet", "db4"), Basis("wavelet", "bior2.2"), Basis("wavelet", "coif1"), Basis("fourier")]
+BASES = [Basis("wavelet", "haar"), Basis("wavelet", "db4"), Basis("wavelet", "bior2.2"), Basis("wavelet", "coif1"),
+         Basis("fourier"), Basis("fourier-real")]
+
+
+def hartley_by_definition(spectrum: np.ndarray) -> np.ndarray:
+    """X[p, q] = sum F[u, v] cas(2 pi (u p / m + v q / n)) / sqrt(m n), cas = cos + sin (FORMAT.md 5)."""
+    m, n = spectrum.shape
+    u, p = np.arange(m).reshape(m, 1, 1, 1), np.arange(m).reshape(1, 1, m, 1)
+    v, q = np.arange(n).reshape(1, n, 1, 1), np.arange(n).reshape(1, 1, 1, n)
+    angle = 2 * np.pi * (((u * p) % m) / m + ((v * q) % n) / n)
+    return np.einsum("uv,uvpq->pq", spectrum, np.cos(angle) + np.sin(angle)) / np.sqrt(m * n)
 
 
 def _independent(coef: np.ndarray, basis: Basis, seed: int, shape, eta) -> np.ndarray:
@@ -27,6 +37,8 @@ def _independent(coef: np.ndarray, basis: Basis, seed: int, shape, eta) -> np.nd
     spectrum[omega(seed, (M, N), k)] = coef
     spectrum = spectrum.reshape(M, N)
     if basis.name == "fourier":
+        return hartley_by_definition(spectrum)
+    if basis.name == "fourier-real":
         return np.fft.ifft2(spectrum).real
     h, w = M // 2, N // 2
     bands = (spectrum[:h, :w], (spectrum[:h, w:], spectrum[h:, :w], spectrum[h:, w:]))

@@ -46,8 +46,19 @@ def test_training_haar_decoder_equals_the_reference(shape):
 
 
 def test_fourier_factors_train_in_the_orthonormal_scale():
-    """One unit step of theta moves a Fourier-decoded matrix like torch's "ortho" ifft2."""
+    """One unit step of theta moves a Fourier-decoded matrix like torch's "ortho" ifft2: v2's
+    Hartley basis is orthonormal already (gain 1); v1's Re(ifft2) is rescaled."""
     layout = layout_for(Basis("fourier"), 0, 0.0, (16, 8))
+    hartley = SpectralFactor(torch.zeros(layout.k), layout)
+    assert hartley.gain == 1.0
+    with torch.no_grad():
+        hartley.theta[5] = 1.0
+        spectrum = torch.zeros(16 * 8)
+        spectrum[layout.positions[5]] = 1.0
+        ortho = torch.fft.ifft2(spectrum.reshape(16, 8), norm="ortho")
+        torch.testing.assert_close(hartley(), ortho.real + ortho.imag, atol=1e-6, rtol=0)
+        assert hartley().norm().item() == pytest.approx(1.0, rel=1e-6)
+    layout = layout_for(Basis("fourier-real"), 0, 0.0, (16, 8))
     factor = SpectralFactor(torch.zeros(layout.k), layout)
     assert factor.gain == (16 * 8) ** 0.5
     with torch.no_grad():
