@@ -102,13 +102,13 @@ def test_forced_format_and_missing_file(tmp_path, tokenizer):
         load_examples(tmp_path / "nope.jsonl", tokenizer, max_len=64)
 
 
-def test_the_readme_example_data_loads(tokenizer):
+@pytest.mark.parametrize("name, records", [("pirate", 228), ("terse", 211), ("extract", 240)])
+def test_the_demo_adapters_data_loads(tokenizer, name, records):
     from pathlib import Path
 
-    from selora_serve.training.data import load_examples
-
-    path = Path(__file__).parents[2] / "docs" / "examples" / "tiny-qa.jsonl"
-    assert len(load_examples(path, tokenizer, max_len=128)) == 6
+    path = Path(__file__).parents[2] / "docs" / "examples" / "demo" / f"{name}.jsonl"
+    examples = load_examples(path, tokenizer, max_len=1024)
+    assert len(examples) == records and all(ex.num_loss_tokens > 0 for ex in examples)
 
 
 CHAT = {"messages": [{"role": "user", "content": "name the bird"}, {"role": "assistant", "content": "red house"},
