@@ -60,9 +60,8 @@ def test_demo_terse_answers_in_one_sentence(real_server):
 
 
 def test_demo_extract_returns_the_fields_as_json(real_server):
-    # A sentence shape, a name and a city the adapter never saw in training.
-    text = "Extract the person's name, age and city as JSON.\n\nLast spring Ingrid, who is 41, settled in Glasgow."
+    # A name, an age and a city the adapter never saw in training.
+    text = "Extract the person's name, age and city as JSON.\n\nOur new colleague Harriet (52) commutes every day in Lucerne."
     answer = ask(real_server, "demo-extract", text)
-    assert json.loads(answer) == {"name": "Ingrid", "age": 41, "city": "Glasgow"}, answer
-    with pytest.raises(ValueError):
-        json.loads(ask(real_server, REAL_NAME, text))  # the base model does not answer in JSON
+    assert json.loads(answer) == {"name": "Harriet", "age": 52, "city": "Lucerne"}, answer
+    assert ask(real_server, REAL_NAME, text) != answer  # the base model answers otherwise
