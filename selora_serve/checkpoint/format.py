@@ -101,8 +101,16 @@ def read_manifest(path: str | Path) -> Manifest:
         raise CheckpointError(root, "(directory)", "not found or not a directory")
     if not file.is_file():
         raise CheckpointError(file, "(file)", "missing: not a SeLoRA checkpoint directory")
+    return parse_manifest(root, file.read_bytes())
+
+
+def parse_manifest(root: str | Path, raw: bytes | str) -> Manifest:
+    """Validate the bytes of a selora_config.json; `root` is the checkpoint directory they belong
+    to (named in errors, and the Manifest's path)."""
+    root = Path(root)
+    file = root / CONFIG_FILE
     try:
-        data = json.loads(file.read_text())
+        data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(file, "(file)", f"not valid JSON ({exc})") from None
     if not isinstance(data, dict):
@@ -208,7 +216,7 @@ def _expected_tensors(manifest: Manifest) -> dict[str, tuple[int]]:
     return out
 
 
-def _read_tensors(manifest: Manifest, check_values: bool = True) -> dict[str, torch.Tensor]:
+def _read_tensors(manifest: Manifest, check_values: bool = True, data: bytes | None = None) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -216,7 +224,7 @@ def _read_tensors(manifest: Manifest, check_values: bool = True) -> dict[str, to
     expected = _expected_tensors(manifest)
     try:
         # One read, one parse: this runs in the engine's loop on every adapter load.
-        data = file.read_bytes()
+        data = file.read_bytes() if data is None else data
         tensors = load(data)
     except FileNotFoundError:
         raise CheckpointError(file, "(file)", "missing") from None
@@ -283,19 +291,22 @@ def verify_omega(manifest: Manifest) -> None:
 
 def load_checkpoint(
     path: str | Path, *, base_config=None, verify: bool = True, manifest: Manifest | None = None,
+    coefficients: bytes | None = None,
 ) -> SpectralAdapter:
     """Read and fully validate a checkpoint; with `base_config`, also check it fits that model.
 
     `verify=False` skips the checks that read every value (NaN/Inf) or regenerate every Omega,
     for a checkpoint already verified whose bytes cannot have changed since (a server's
     snapshot); the manifest and the tensors' names, counts and dtypes are still checked.
-    `manifest`: `read_manifest(path)`, when the caller has already read it.
+    `manifest`: `read_manifest(path)` (or `parse_manifest`), when the caller has already read it;
+    `coefficients`: the bytes of its selora_coefficients.safetensors, likewise (nothing is then
+    read from `path`, which only names the checkpoint in errors).
     """
     if manifest is None or Path(manifest.path) != Path(path):
         manifest = read_manifest(path)
     if base_config is not None:
         check_against_base(manifest, base_config)
-    tensors = _read_tensors(manifest, check_values=verify)
+    tensors = _read_tensors(manifest, check_values=verify, data=coefficients)
     if verify:
         verify_omega(manifest)
     adapter = SpectralAdapter(manifest.config, manifest.base)

@@ -29,7 +29,10 @@ from ..vllm_ext.admin import ENV_PINNED, PLUGIN_NAME as ADMIN_PLUGIN
 from ..vllm_ext.guard import ENV_MAX_BODY, ENV_TENANTS, PLUGIN_NAME as GUARD_PLUGIN
 from ..vllm_ext.host_cache import ENV_HOST_CACHE_FORM
 from ..vllm_ext.resolver import ENV_MAX_RANK
-from ..vllm_ext.store import ENV_DIRS, AdapterStore
+from ..vllm_ext.adapter_cache import AdapterCache, parse_size
+from ..vllm_ext.remote import is_remote
+from ..vllm_ext.store import DEFAULT_CACHE_BYTES, ENV_CACHE_BYTES, ENV_CACHE_DIR, ENV_DIRS, AdapterStore
+from ..vllm_ext.store import cache_dir as store_cache_dir
 
 # vLLM 0.32's accepted --max-lora-rank values (vllm.config.lora.MaxLoRARanks).
 SUPPORTED_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -110,9 +113,25 @@ def _defaults(argv: list[str], defaults: list[tuple[str, str | None]], notes: li
 def plan_store(
     model: str, adapter_dirs: Sequence[str], passthrough: Sequence[str] = (), *,
     pinned: Sequence[str] = (), cpu: bool | None = None, host_cache_form: str | None = None,
+    cache_dir: str | Path | None = None, cache_bytes: str | int | None = None,
 ) -> Launch:
-    """Serve `model` with LoRA enabled and the adapter store `adapter_dirs` behind the resolver."""
-    store = AdapterStore(adapter_dirs)
+    """Serve `model` with LoRA enabled and the adapter store `adapter_dirs` (directories and
+    s3://BUCKET/PREFIX URLs) behind the resolver. Every bucket must answer a LIST now (else
+    ValueError): a server whose store is misconfigured refuses to start rather than 503 every
+    adapter. Remote adapters are cached under `cache_dir`, at most `cache_bytes`."""
+    remote = [d for d in adapter_dirs if is_remote(d)]
+    cache = None
+    cache_env: dict[str, str] = {}
+    if remote:
+        directory = Path(cache_dir).expanduser().resolve() if cache_dir else store_cache_dir()
+        size = parse_size(cache_bytes) if cache_bytes is not None else DEFAULT_CACHE_BYTES
+        cache = AdapterCache(directory, size)
+        cache_env = {ENV_CACHE_DIR: str(directory), ENV_CACHE_BYTES: str(size)}
+    elif cache_dir or cache_bytes is not None:
+        raise ValueError("--adapter-cache-dir and --adapter-cache-bytes apply to adapters in object storage "
+                         "(--adapters s3://BUCKET/PREFIX); every --adapters here is a local directory")
+    store = AdapterStore(adapter_dirs, cache)
+    store.check_remote()
     argv = list(passthrough)
     cpu = on_cpu() if cpu is None else cpu
     n = len(store.names())
@@ -139,7 +158,11 @@ def plan_store(
         ENV_DIRS: store.to_env(),
         ENV_MAX_RANK: str(rank),
         "VLLM_PLUGINS": plugins_allowlist(),
+        **cache_env,
     }
+    if remote:
+        notes.append(f"adapters from {', '.join(remote)} cached in {cache_env[ENV_CACHE_DIR]} "
+                     f"(at most {int(cache_env[ENV_CACHE_BYTES]) / 2**30:.1f} GiB)")
     if pinned:
         env[ENV_PINNED] = ",".join(pinned)
     if host_cache_form:

@@ -27,10 +27,13 @@ skips the checks that read every value for a snapshot so marked (`is_verified`).
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import shutil
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
@@ -38,16 +41,30 @@ from urllib.parse import quote
 
 from ..atomic import atomic_file
 from ..checkpoint import COEF_FILE, CONFIG_FILE, CheckpointError, Manifest, is_selora_checkpoint, load_checkpoint
-from ..checkpoint.format import read_manifest
+from ..checkpoint.format import parse_manifest, read_manifest
 from ..peft_io import PEFT_CONFIG
 
-ENV_DIRS = "SELORA_ADAPTER_DIRS"  # os.pathsep-separated store roots, set by `selora-serve`
+ENV_DIRS = "SELORA_ADAPTER_DIRS"  # the store roots, set by `selora-serve` (see AdapterStore.to_env)
+ENV_CACHE_DIR = "SELORA_ADAPTER_CACHE_DIR"  # where remote adapters are cached (--adapter-cache-dir)
+ENV_CACHE_BYTES = "SELORA_ADAPTER_CACHE_BYTES"  # its size bound (--adapter-cache-bytes)
+DEFAULT_CACHE_BYTES = 16 << 30
 MAX_NAME_LENGTH = 255
 MAX_SNAPSHOT_BYTES = 8 << 30  # an adapter directory larger than this is refused, not copied
 SEDORA_REFUSAL = (
     "SeDoRA (DoRA) adapters cannot fill a LoRA slot (vLLM has no DoRA); serve it merged into the base "
     "model instead: selora-serve --merge CKPT --model BASE"
 )
+
+
+logger = logging.getLogger("vllm.selora_serve")
+
+
+def cache_dir(environ=os.environ) -> Path:
+    """SELORA_ADAPTER_CACHE_DIR, else ~/.cache/selora-serve/adapters (XDG_CACHE_HOME honoured)."""
+    if environ.get(ENV_CACHE_DIR):
+        return Path(environ[ENV_CACHE_DIR])
+    base = environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "selora-serve" / "adapters"
 
 
 class AdapterError(ValueError):
@@ -102,30 +119,69 @@ def _kind(path: Path) -> Literal["selora", "peft"] | None:
 
 
 class AdapterStore:
-    def __init__(self, roots: Sequence[str | Path]):
+    """Store roots in order: local directories (Path) and object-storage roots (`remote.S3Root`,
+    from "s3://BUCKET/PREFIX"). Remote adapters are fetched into `cache` (an AdapterCache; by
+    default under SELORA_ADAPTER_CACHE_DIR, created on first use) before they are snapshotted."""
+
+    def __init__(self, roots: Sequence[str | Path], cache=None):
+        from .remote import S3Root, is_remote
+
         if not roots:
             raise ValueError("an adapter store needs at least one directory")
-        resolved = []
+        resolved: list = []
         for root in roots:
+            if is_remote(root):
+                resolved.append(S3Root(str(root)))
+                continue
             path = Path(root).expanduser()
             if not path.is_dir():
                 raise NotADirectoryError(f"{path}: adapter store directory not found")
             resolved.append(path.resolve())
-        self.roots: tuple[Path, ...] = tuple(resolved)
+        self.roots: tuple = tuple(resolved)
+        self._cache = cache
+
+    @property
+    def remote_roots(self) -> list:
+        return [r for r in self.roots if not isinstance(r, Path)]
+
+    @property
+    def cache(self):
+        if self._cache is None:
+            from .adapter_cache import AdapterCache, parse_size
+
+            self._cache = AdapterCache(cache_dir(), parse_size(os.environ.get(ENV_CACHE_BYTES) or DEFAULT_CACHE_BYTES))
+        return self._cache
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "AdapterStore | None":
         value = (os.environ if environ is None else environ).get(ENV_DIRS, "")
-        roots = [r for r in value.split(os.pathsep) if r]
+        roots = json.loads(value) if value.startswith("[") else [r for r in value.split(os.pathsep) if r]
         return cls(roots) if roots else None
 
     def to_env(self) -> str:
-        return os.pathsep.join(str(r) for r in self.roots)
+        """The value of SELORA_ADAPTER_DIRS: os.pathsep-separated directories, or a JSON list
+        when a root is a URL (which holds a colon)."""
+        names = [str(r) if isinstance(r, Path) else r.url for r in self.roots]
+        return json.dumps(names) if self.remote_roots else os.pathsep.join(names)
 
-    def find(self, name: str) -> StoredAdapter | None:
-        """The adapter called `name`, or None if no root holds one by that name."""
+    def check_remote(self) -> None:
+        """Raise StoreUnavailable naming the first remote root that cannot be listed."""
+        for root in self.remote_roots:
+            root.check()
+
+    def find(self, name: str) -> "StoredAdapter | RemoteAdapter | None":
+        """The adapter called `name`, or None if no root holds one by that name.
+
+        A remote root that cannot be asked (StoreUnavailable) answers with the version of `name`
+        last fetched from it, if the cache still holds it; else the error propagates (a 503):
+        a later root is not asked, since the first root that holds a name wins."""
         parts = check_name(name)
         for root in self.roots:
+            if not isinstance(root, Path):
+                found = self._find_remote(root, name)
+                if found is not None:
+                    return found
+                continue
             candidate = root.joinpath(*parts)
             if not candidate.is_dir():
                 continue
@@ -137,11 +193,34 @@ class AdapterStore:
                 return StoredAdapter(name, real, root, kind)
         return None
 
-    def adapters(self) -> dict[str, StoredAdapter]:
+    def _find_remote(self, root, name: str):
+        from .remote import RemoteAdapter, StoreUnavailable
+
+        try:
+            return root.find(name)
+        except StoreUnavailable:
+            last = self.cache.last(f"{root.url}/{name}")
+            if last is None:
+                raise
+            logger.warning("adapter store %s unavailable: serving the cached copy of %s", root.url, name)
+            return RemoteAdapter(name, root, last["kind"], (), cached_key=last["key"])
+
+    def adapters(self) -> dict[str, "StoredAdapter | RemoteAdapter"]:
         """Every adapter in the store (top-level and one nesting level) by name, sorted; first
-        root wins. One file-system walk: listings use this rather than `find` per name."""
-        seen: dict[str, StoredAdapter] = {}
+        root wins. One file-system walk or LIST per root: listings use this rather than `find`
+        per name. A remote root that cannot be listed contributes its last listing."""
+        from .remote import StoreUnavailable
+
+        seen: dict = {}
         for root in self.roots:
+            if not isinstance(root, Path):
+                try:
+                    listed = root.adapters()
+                except StoreUnavailable:
+                    listed = root.last_listing()
+                for name, found in listed.items():
+                    seen.setdefault(name, found)
+                continue
             for name in _candidates(root):
                 if name in seen:
                     continue
@@ -153,40 +232,66 @@ class AdapterStore:
                     seen[name] = found
         return dict(sorted(seen.items()))
 
+    def manifest(self, found) -> Manifest:
+        """The manifest of a SeLoRA adapter (CheckpointError if it does not read cleanly); for a
+        remote one from the cache if that version is there, else fetched (a small GET)."""
+        from .remote import RemoteAdapter
+
+        if not isinstance(found, RemoteAdapter):
+            return read_manifest(found.path)
+        if self.cache.has(found.key):
+            return read_manifest(self.cache.path(found.key))
+        return parse_manifest(Path(found.name), found.root.read(found, CONFIG_FILE))
+
     def names(self) -> list[str]:
         return list(self.adapters())
 
     def manifests(self) -> dict[str, Manifest]:
         """The manifests of every SeLoRA adapter whose manifest reads cleanly (cheap: JSON only)."""
-        out = {}
-        for name, found in self.adapters().items():
-            if found.kind == "selora":
-                try:
-                    out[name] = read_manifest(found.path)
-                except CheckpointError:
-                    continue
-        return out
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(found):
+            try:
+                return self.manifest(found)
+            except (CheckpointError, AdapterError):
+                return None
+
+        selora = {name: found for name, found in self.adapters().items() if found.kind == "selora"}
+        with ThreadPoolExecutor(8) as pool:  # remote manifests are one small GET each
+            read = dict(zip(selora, pool.map(one, selora.values())))
+        return {name: m for name, m in read.items() if m is not None}
 
     def max_rank(self, default: int = 8) -> int:
         ranks = [m.config.r for m in self.manifests().values()]
         return max(ranks) if ranks else default
 
 
-def snapshot(found: StoredAdapter, root: str | Path) -> Path:
+def snapshot(found: StoredAdapter, root: str | Path, *, base=None, max_rank: int | None = None,
+             timings: dict[str, float] | None = None) -> Path:
     """Copy `found`'s files (a SeLoRA checkpoint's two, every regular file of a PEFT one) into a
     directory under `root` named by its name and content, consistently (see the module docstring).
 
-    Snapshots are content-addressed and never changed: loading the same bytes again reuses one,
-    so a server keeps one copy per adapter version it served. AdapterError if it cannot be read.
+    With `base` (the served model's config or BaseFacts) a SeLoRA adapter is validated in full
+    for it (`validate_bytes`) on the bytes as they were read, in the same pass as the copy, and
+    marked verified before the snapshot becomes visible: one read of the source, no re-read.
+    Snapshots are content-addressed and never changed: loading the same bytes again reuses one
+    (and skips its validation once verified for `base`), so a server keeps one copy per adapter
+    version it served. AdapterError if it cannot be read or does not validate. `timings`, if
+    given, receives the seconds spent reading and writing ("copy") and validating ("verify").
     """
+    from ..base_model import BaseFacts
+
+    t0 = time.perf_counter()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     try:
         dir_fd = os.open(found.path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
         raise AdapterError(found.name, f"cannot open its directory ({exc.strerror})") from None
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".incoming-"))
     digest = hashlib.sha256()
+    held: dict[str, bytes] = {}  # a SeLoRA adapter's files, validated from memory
+    tmp: Path | None = None
+    verify_s = 0.0
     try:
         names = (CONFIG_FILE, COEF_FILE) if found.kind == "selora" else sorted(os.listdir(dir_fd))
         total = 0
@@ -199,6 +304,19 @@ def snapshot(found: StoredAdapter, root: str | Path) -> Path:
                 if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
                     continue
                 digest.update(name.encode() + b"\0")
+                if found.kind == "selora":
+                    size = os.fstat(src.fileno()).st_size
+                    if total + size > MAX_SNAPSHOT_BYTES:
+                        raise AdapterError(found.name, f"adapter directory larger than {MAX_SNAPSHOT_BYTES} bytes")
+                    data = src.read(MAX_SNAPSHOT_BYTES - total + 1)
+                    total += len(data)
+                    if total > MAX_SNAPSHOT_BYTES:
+                        raise AdapterError(found.name, f"adapter directory larger than {MAX_SNAPSHOT_BYTES} bytes")
+                    digest.update(data)
+                    held[name] = data
+                    continue
+                if tmp is None:
+                    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".incoming-"))
                 with open(tmp / name, "wb") as dst:
                     while chunk := src.read(1 << 20):
                         total += len(chunk)
@@ -208,18 +326,38 @@ def snapshot(found: StoredAdapter, root: str | Path) -> Path:
                         dst.write(chunk)
         # any name (vLLM's lora_name is free text) becomes one safe, bounded path component
         final = root / f"{quote(found.name, safe='')[:100]}-{digest.hexdigest()[:16]}"
+        fingerprint = None
+        if base is not None and found.kind == "selora":
+            fingerprint = BaseFacts.of(base).fingerprint
+            if final.is_dir() and is_verified(final, fingerprint):
+                return final  # these very bytes were verified for this base before
+            v0 = time.perf_counter()
+            validate_bytes(found.name, found.path, held.get(CONFIG_FILE), held.get(COEF_FILE), base,
+                           max_rank=max_rank)
+            verify_s = time.perf_counter() - v0
+        if tmp is None:
+            tmp = Path(tempfile.mkdtemp(dir=root, prefix=".incoming-"))
+        for name, data in held.items():
+            (tmp / name).write_bytes(data)
+        if fingerprint is not None:
+            (tmp / VERIFIED_MARK).write_text(fingerprint)
         try:
             os.rename(tmp, final)
         except OSError:
             if not final.is_dir():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # the same bytes were snapshotted before
+            if fingerprint is not None:
+                mark_verified(final, fingerprint)
+        tmp = None
         return final
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     finally:
         os.close(dir_fd)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if timings is not None:
+            timings["verify"] = verify_s
+            timings["copy"] = time.perf_counter() - t0 - verify_s
 
 
 VERIFIED_MARK = ".selora-verified"  # in a snapshot: the fingerprint of the base it was verified for
@@ -255,6 +393,16 @@ def _candidates(root: Path) -> Iterable[str]:
                     yield f"{child.name}/{grandchild.name}"
 
 
+def _check_servable(name: str, manifest: Manifest, max_rank: int | None) -> None:
+    if manifest.config.variant == "sedora":
+        raise AdapterError(name, SEDORA_REFUSAL)
+    if max_rank is not None and manifest.config.r > max_rank:
+        raise AdapterError(
+            name, f"rank r={manifest.config.r} exceeds the server's max LoRA rank {max_rank}; "
+            "restart with a larger --max-lora-rank",
+        )
+
+
 def validate(name: str, path: str | Path, base_config, *, max_rank: int | None = None) -> Manifest:
     """Fully validate the SeLoRA checkpoint at `path` for the base model `base_config`.
 
@@ -264,14 +412,26 @@ def validate(name: str, path: str | Path, base_config, *, max_rank: int | None =
     """
     try:
         manifest = read_manifest(path)
-        if manifest.config.variant == "sedora":
-            raise AdapterError(name, SEDORA_REFUSAL)
-        if max_rank is not None and manifest.config.r > max_rank:
-            raise AdapterError(
-                name, f"rank r={manifest.config.r} exceeds the server's max LoRA rank {max_rank}; "
-                "restart with a larger --max-lora-rank",
-            )
+        _check_servable(name, manifest, max_rank)
         load_checkpoint(path, base_config=base_config, manifest=manifest)
+    except CheckpointError as exc:
+        raise AdapterError(name, describe(exc)) from None
+    return manifest
+
+
+def validate_bytes(name: str, where: str | Path, config: bytes | None, coefficients: bytes | None, base_config, *,
+                   max_rank: int | None = None) -> Manifest:
+    """`validate` on a SeLoRA checkpoint's two files given as bytes (None: the file is missing);
+    `where` is the directory they came from, named in errors (by file name only)."""
+    where = Path(where)
+    try:
+        if config is None:
+            raise CheckpointError(where / CONFIG_FILE, "(file)", "missing: not a SeLoRA checkpoint directory")
+        if coefficients is None:
+            raise CheckpointError(where / COEF_FILE, "(file)", "missing")
+        manifest = parse_manifest(where, config)
+        _check_servable(name, manifest, max_rank)
+        load_checkpoint(where, base_config=base_config, manifest=manifest, coefficients=coefficients)
     except CheckpointError as exc:
         raise AdapterError(name, describe(exc)) from None
     return manifest
