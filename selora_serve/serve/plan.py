@@ -116,9 +116,10 @@ def plan_store(
     cache_dir: str | Path | None = None, cache_bytes: str | int | None = None,
 ) -> Launch:
     """Serve `model` with LoRA enabled and the adapter store `adapter_dirs` (directories and
-    s3://BUCKET/PREFIX URLs) behind the resolver. Every bucket must answer a LIST now (else
-    ValueError): a server whose store is misconfigured refuses to start rather than 503 every
-    adapter. Remote adapters are cached under `cache_dir`, at most `cache_bytes`."""
+    s3://BUCKET/PREFIX URLs) behind the resolver. Each bucket is asked once: a misconfigured one
+    (no such bucket, access denied) is a ValueError, so the server does not start; one that
+    cannot be reached now only adds a warning (the server starts, serving local adapters and those
+    in the cache). Remote adapters are cached under `cache_dir`, at most `cache_bytes`."""
     remote = [d for d in adapter_dirs if is_remote(d)]
     cache = None
     cache_env: dict[str, str] = {}
@@ -131,11 +132,16 @@ def plan_store(
         raise ValueError("--adapter-cache-dir and --adapter-cache-bytes apply to adapters in object storage "
                          "(--adapters s3://BUCKET/PREFIX); every --adapters here is a local directory")
     store = AdapterStore(adapter_dirs, cache)
-    store.check_remote()
+    unreachable = store.check_remote()
     argv = list(passthrough)
     cpu = on_cpu() if cpu is None else cpu
     n = len(store.names())
     notes: list[str] = []
+    for url, reason in unreachable.items():
+        n = max(n, MAX_HOST_CACHE)  # its adapters are unknown: full-size defaults
+        notes.append(f"warning: {url} cannot be reached now ({reason}); serving local and cached adapters, the "
+                     "others answer 503 until it is back" + ("" if has_option(argv, "--max-lora-rank") else
+                                                              "; pass --max-lora-rank, as its ranks are unknown"))
     rank_limit = option_value(argv, "--max-lora-rank")
     rank = int(rank_limit) if rank_limit else supported_rank(store.max_rank())
     slots = max(1, min(n, MAX_SLOTS), len(pinned) + 1)  # one slot always stays unpinned

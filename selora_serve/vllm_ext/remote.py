@@ -55,14 +55,16 @@ ENV_FETCH_TIMEOUT = "SELORA_ADAPTER_FETCH_TIMEOUT"
 DEFAULT_FETCH_TIMEOUT_S = 30.0
 LIST_TTL_S = 5.0  # listings (/v1/models, the admin API) are reused this long
 CHUNK = 4 << 20
+PERMANENT = ("no such bucket", "access denied", "credentials refused")  # misconfiguration, not an outage
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
 class StoreUnavailable(AdapterError):
     """The object store could not be asked (down, stalled, refused): retry later (HTTP 503)."""
 
-    def __init__(self, name: str, reason: str):
+    def __init__(self, name: str, reason: str, cause: str | None = None):
         super().__init__(name, reason, status=503)
+        self.cause = cause or reason  # the short reason ("connection failed", "no such bucket", ...)
 
 
 class ObjectChanged(Exception):
@@ -208,6 +210,7 @@ class S3Root:
         """Run one obstore call; map its failures to StoreUnavailable (FileNotFoundError passes)."""
         from obstore.exceptions import BaseError, PreconditionError
 
+        start = time.monotonic()
         try:
             return fn()
         except FileNotFoundError:
@@ -216,23 +219,34 @@ class S3Root:
             raise ObjectChanged(name) from None
         except (BaseError, OSError) as exc:
             logger.warning("adapter store %s: %s failed: %s", self.url, what, str(exc).splitlines()[0][:300])
-            raise StoreUnavailable(name, f"the adapter store {self.url} is unavailable ({what}: {_short(exc)}); "
-                                   "try again later") from None
+            cause = _short(exc)
+            if time.monotonic() - start >= 0.9 * fetch_timeout():
+                cause = f"timed out after {fetch_timeout():g} s"
+            raise StoreUnavailable(name, f"the adapter store {self.url} is unavailable ({what}: {cause}); "
+                                   "try again later", cause) from None
 
-    def check(self) -> None:
-        """Raise ValueError naming the store and what to check unless its prefix can be listed
-        (`selora-serve` runs this before it starts vLLM)."""
+    def check(self) -> str | None:
+        """Ask the store once (a LIST of the prefix), as `selora-serve` does before it starts vLLM.
+
+        None if it answers; the reason if it cannot be reached now (connection, timeout, 5xx: the
+        server starts anyway, serving local and cached adapters and retrying per request); a
+        ValueError naming what to check if it is misconfigured (no such bucket, access denied,
+        credentials refused), which no retry can fix."""
         import obstore
 
         try:
             self._call("(store)", "list", lambda: obstore.list_with_delimiter(self.client(), self._key() or None))
         except StoreUnavailable as exc:
+            reason = exc.cause
+            if reason not in PERMANENT:
+                return reason
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             raise ValueError(
-                f"--adapters {self.url}: cannot list it ({exc.reason.split('(', 1)[-1].split(')')[0]}); check the "
-                f"bucket name, the endpoint ({'AWS_ENDPOINT_URL=' + endpoint if endpoint else 'AWS S3: AWS_ENDPOINT_URL unset'})"
-                ", AWS_REGION and the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+                f"--adapters {self.url}: {reason}; check the bucket name, the endpoint "
+                f"({'AWS_ENDPOINT_URL=' + endpoint if endpoint else 'AWS S3: AWS_ENDPOINT_URL unset'}), AWS_REGION "
+                "and the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
             ) from None
+        return None
 
     def find(self, name: str) -> RemoteAdapter | None:
         """The adapter `name` as it is in the bucket now (one LIST), or None."""

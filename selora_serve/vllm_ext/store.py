@@ -164,10 +164,10 @@ class AdapterStore:
         names = [str(r) if isinstance(r, Path) else r.url for r in self.roots]
         return json.dumps(names) if self.remote_roots else os.pathsep.join(names)
 
-    def check_remote(self) -> None:
-        """Raise StoreUnavailable naming the first remote root that cannot be listed."""
-        for root in self.remote_roots:
-            root.check()
+    def check_remote(self) -> dict[str, str]:
+        """Ask every remote root once: {url: reason} for those that cannot be reached now;
+        ValueError for one that is misconfigured (`remote.S3Root.check`)."""
+        return {root.url: reason for root in self.remote_roots if (reason := root.check()) is not None}
 
     def find(self, name: str) -> "StoredAdapter | RemoteAdapter | None":
         """The adapter called `name`, or None if no root holds one by that name.
