@@ -172,6 +172,7 @@ class S3Root:
         self.url = f"s3://{self.bucket}/{self.prefix}" if prefix else f"s3://{self.bucket}"
         self._store = None
         self._listing: tuple[float, dict[str, RemoteAdapter]] | None = None
+        self._list_failed = -float("inf")  # monotonic time of the last failed listing
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -272,15 +273,23 @@ class S3Root:
 
     def adapters(self, *, max_age: float = LIST_TTL_S) -> dict[str, RemoteAdapter]:
         """Every adapter under the prefix (top level and one nesting level), by name. Reuses a
-        listing younger than `max_age` s; raises StoreUnavailable if the bucket cannot be listed."""
+        listing younger than `max_age` s; raises StoreUnavailable if the bucket cannot be listed
+        (at once, without asking again, within `max_age` s of a failed listing)."""
         import obstore
 
         with self._lock:
             if self._listing is not None and time.monotonic() - self._listing[0] < max_age:
                 return dict(self._listing[1])
+            if time.monotonic() - self._list_failed < max_age:  # down a moment ago: do not wait on it again
+                raise StoreUnavailable("(store)", f"the adapter store {self.url} is unavailable; try again later")
         base = self._key()
-        objects = self._call("(store)", "list",
-                             lambda: obstore.list(self.client(), base + "/" if base else None, chunk_size=1000).collect())
+        try:
+            objects = self._call("(store)", "list", lambda: obstore.list(
+                self.client(), base + "/" if base else None, chunk_size=1000).collect())
+        except StoreUnavailable:
+            with self._lock:
+                self._list_failed = time.monotonic()
+            raise
         dirs: dict[str, dict[str, RemoteFile]] = {}
         for obj in objects:
             rel = obj["path"][len(base) + 1:] if base else obj["path"]

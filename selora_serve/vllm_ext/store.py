@@ -89,6 +89,17 @@ class StoredAdapter:
     kind: Literal["selora", "peft"]
 
 
+def _find_local(root: Path, name: str, parts: tuple[str, ...]) -> "StoredAdapter | None":
+    candidate = root.joinpath(*parts)
+    if not candidate.is_dir():
+        return None
+    real = candidate.resolve()
+    if real != root and root not in real.parents:
+        raise AdapterNameError(name, "refused: it is a link to a directory outside the adapter store")
+    kind = _kind(real)
+    return StoredAdapter(name, real, root, kind) if kind is not None else None
+
+
 def check_name(name: str) -> tuple[str, ...]:
     """The path components of a store name; AdapterNameError unless it stays inside a root."""
     if not isinstance(name, str) or not name:
@@ -177,20 +188,9 @@ class AdapterStore:
         a later root is not asked, since the first root that holds a name wins."""
         parts = check_name(name)
         for root in self.roots:
-            if not isinstance(root, Path):
-                found = self._find_remote(root, name)
-                if found is not None:
-                    return found
-                continue
-            candidate = root.joinpath(*parts)
-            if not candidate.is_dir():
-                continue
-            real = candidate.resolve()
-            if real != root and root not in real.parents:
-                raise AdapterNameError(name, "refused: it is a link to a directory outside the adapter store")
-            kind = _kind(real)
-            if kind is not None:
-                return StoredAdapter(name, real, root, kind)
+            found = _find_local(root, name, parts) if isinstance(root, Path) else self._find_remote(root, name)
+            if found is not None:
+                return found
         return None
 
     def _find_remote(self, root, name: str):
@@ -225,7 +225,7 @@ class AdapterStore:
                 if name in seen:
                     continue
                 try:
-                    found = self.find(name)
+                    found = _find_local(root, name, check_name(name))
                 except AdapterNameError:
                     continue
                 if found is not None:
