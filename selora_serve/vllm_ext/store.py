@@ -1,8 +1,8 @@
-"""The adapter store: one or more directories whose sub-directories are adapters, found by name.
+"""The adapter store: directories and object-storage prefixes whose sub-directories are adapters.
 
-    store = AdapterStore(["/srv/adapters", "/srv/more"])
-    found = store.find("support-bot")      # -> StoredAdapter | None; raises AdapterNameError
-    validate(found.name, found.path, base)  # -> Manifest; raises AdapterError naming the reason
+    store = AdapterStore(["/srv/adapters", "s3://bucket/prod"])
+    found = store.find("support-bot")      # -> StoredAdapter | RemoteAdapter | None; AdapterNameError
+    path = snapshot(found, root, base=facts)  # a local adapter: private copy, verified in one pass
 
 A name is a relative path of one or more components ("support-bot", "team/support-bot"); the
 first root that holds it wins. Names that could leave the store are refused before the file
@@ -10,18 +10,23 @@ system is touched (absolute paths, "..", ".", empty components, backslashes, NUL
 whose real path (symlinks resolved) lies outside its root is refused too, so a symlink inside
 the store cannot expose files elsewhere. A directory is an adapter if it holds a SeLoRA manifest
 (selora_config.json) or a dense PEFT LoRA (adapter_config.json); SeLoRA wins if it has both.
+Roots given as s3://BUCKET/PREFIX are `remote.S3Root`s, laid out the same way; their adapters
+(`remote.RemoteAdapter`) are fetched into the store's `cache` (`adapter_cache.AdapterCache`) and
+snapshotted from there (`remote.cached_copy`).
 
-The store reads the file system on every `find`, so adapters copied in while a server runs are
-found on their first request. It imports nothing from vLLM.
+The store reads the file system (or LISTs the bucket) on every `find`, so adapters copied in
+while a server runs are found on their first request. It imports nothing from vLLM.
 
-`snapshot(found, root)` copies an adapter's files into a private directory, reading them through
-one open descriptor of the adapter's directory: a directory swapped by rename mid-copy (as every
-atomic write here does) yields the old files or the new ones, never some of each. The server
-validates and loads that copy, so what was validated is what vLLM loads, and an adapter deleted
-or replaced in the store later changes nothing until it is unloaded and requested again.
-`mark_verified` then records, inside the snapshot, the base model it was fully verified against;
-the engine's worker, which decodes the snapshot inside the engine loop (every tenant waits),
-skips the checks that read every value for a snapshot so marked (`is_verified`).
+`snapshot(found, root, base=...)` copies an adapter's files into a private directory, reading
+them through one open descriptor of the adapter's directory: a directory swapped by rename
+mid-copy (as every atomic write here does) yields the old files or the new ones, never some of
+each. With `base`, a SeLoRA adapter is validated in full (`validate_bytes`: manifest, fit to the
+base, every tensor, every value finite, every Omega checksum) on the very bytes that copy read,
+in memory, before anything is written; the copy then appears (renamed into place) already marked
+verified for that base. So what was validated is what vLLM loads, the source is read once, and an
+adapter deleted or replaced in the store later changes nothing until it is unloaded and
+requested again. The engine's worker, which decodes the snapshot inside the engine loop (every
+tenant waits), skips the checks that read every value for a snapshot so marked (`is_verified`).
 """
 
 from __future__ import annotations

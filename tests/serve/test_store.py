@@ -137,3 +137,42 @@ def test_worker_skips_value_checks_only_for_a_snapshot_verified_for_its_base(che
         decode_tensors(str(bad), facts, modules)
     mark_verified(bad, facts.fingerprint)  # what the resolver writes only after `validate`
     assert decode_tensors(str(bad), facts, modules)
+
+
+def test_snapshot_validates_in_the_pass_that_copies(checkpoints, tiny_model, tmp_path, monkeypatch):
+    """One read of the source: the checks run on the bytes the copy read (nothing re-reads the
+    coefficients), a failing adapter leaves no snapshot behind, and the same bytes snapshotted
+    again reuse the verified copy without validating again."""
+    import pathlib
+
+    from selora_serve.base_model import BaseFacts
+
+    facts = BaseFacts.of(load_config(tiny_model))
+    store = AdapterStore([checkpoints["haar"].parent])
+    read_bytes = pathlib.Path.read_bytes
+
+    def no_reread(self):
+        assert self.name != COEF_FILE, f"{self} read again"
+        return read_bytes(self)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", no_reread)
+    timings: dict = {}
+    snap = snapshot(store.find("haar"), tmp_path / "snaps", base=facts, timings=timings)
+    assert is_verified(snap, facts.fingerprint) and timings["verify"] > 0 and timings["copy"] > 0
+    monkeypatch.setattr(pathlib.Path, "read_bytes", read_bytes)
+    assert (snap / COEF_FILE).read_bytes() == (checkpoints["haar"] / COEF_FILE).read_bytes()
+    again: dict = {}
+    assert snapshot(store.find("haar"), tmp_path / "snaps", base=facts, timings=again) == snap
+    assert again["verify"] == 0, "verified before: not validated again"
+
+    bad = shutil.copytree(checkpoints["haar"], tmp_path / "store" / "bad")
+    data = (bad / COEF_FILE).read_bytes()
+    (bad / COEF_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(AdapterError, match="'bad'.*corrupt or truncated"):
+        snapshot(AdapterStore([tmp_path / "store"]).find("bad"), tmp_path / "snaps", base=facts)
+    (bad / COEF_FILE).unlink()
+    with pytest.raises(AdapterError, match="selora_coefficients.safetensors: \\(file\\): missing"):
+        snapshot(AdapterStore([tmp_path / "store"]).find("bad"), tmp_path / "snaps", base=facts)
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == [snap.name], "nothing half-made is left"
+    with pytest.raises(AdapterError, match="exceeds the server's max LoRA rank 1"):
+        snapshot(store.find("haar"), tmp_path / "other", base=facts, max_rank=1)
