@@ -25,6 +25,7 @@ Two parts, each timing SeLoRA and dense alternately (A B B A), cold every time:
            verification, the engine's load (decode or dense load) and the prefill.
 
   python benchmarks/coldfetch.py [--parts llama8b,real] [--quick] [--json PATH]
+  python benchmarks/coldfetch.py --store local     # the real-model part from a local store instead
 
 Without root or `ip netns`/`tc`, only the unthrottled setting runs, on the host's loopback, and
 the JSON says why. Ratios are SeLoRA over dense, medians over probes.
@@ -48,7 +49,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.decode import QUICK_LAYERS, hardware, make_adapter  # noqa: E402
+from benchmarks.decode import QUICK_LAYERS, hardware, load_dense, make_adapter  # noqa: E402
 from benchmarks.serve import build_workspace  # noqa: E402
 from benchmarks.serve_report import TARGETS  # noqa: E402
 from selora_serve.atomic import write_json  # noqa: E402
@@ -127,7 +128,6 @@ def dir_bytes(path: Path) -> int:
 
 
 def measure_llama8b(s3, facts, settings: dict, port: int | None, probes: int) -> dict:
-    from safetensors.torch import load_file
 
     from selora_serve.checkpoint import load_checkpoint
     from selora_serve.peft_io import dense_state_dict
@@ -156,7 +156,7 @@ def measure_llama8b(s3, facts, settings: dict, port: int | None, probes: int) ->
                 if kind == "selora":
                     tensors = dense_state_dict(load_checkpoint(snap, base_config=facts, verify=False))
                 else:
-                    tensors = load_file(str(snap / "adapter_model.safetensors"))
+                    tensors = load_dense(str(snap / "adapter_model.safetensors"), "cpu")  # read, not mapped
                 t.append(time.perf_counter())
                 del tensors
                 nbytes[kind] = fetched.nbytes
@@ -172,25 +172,27 @@ def measure_llama8b(s3, facts, settings: dict, port: int | None, probes: int) ->
     return out
 
 
-def measure_real(s3, names: list[str], settings: dict, port: int | None, probes: int, work: Path,
-                 model: Path) -> dict:
+def measure_real(store: str, env: dict, names: list[str], settings: dict, port: int | None, probes: int,
+                 work: Path, model: Path, evict=None) -> dict:
+    """Time to first token of never-requested adapters in one selora-serve over `store` (an
+    s3:// URL or a directory holding selora-NAME and dense-NAME); `evict(adapter)` (local store)
+    drops an adapter's files from the page cache before its request."""
     import asyncio
 
-    from selora_serve.s3local import endpoint_env
     from selora_serve.serve import launch
 
     cache = work / "server-cache"
     shutil.rmtree(cache, ignore_errors=True)
-    args = ["--model", str(model), "--adapters", f"s3://{BUCKET}/real", "--adapter-cache-dir", str(cache),
-            "--served-model-name", "base", "--max-loras", "2", "--max-cpu-loras", "4", "--max-lora-rank", "32",
-            "--gpu-memory-utilization", "0.1", "--max-model-len", "512", "--enforce-eager", "--seed", "0"]
+    args = ["--model", str(model), "--adapters", store, "--served-model-name", "base", "--max-loras", "2",
+            "--max-cpu-loras", "4", "--max-lora-rank", "32", "--gpu-memory-utilization", "0.1",
+            "--max-model-len", "512", "--enforce-eager", "--seed", "0"]
+    if store.startswith("s3://"):
+        args += ["--adapter-cache-dir", str(cache)]
     log = work / "selora-serve.log"
-    server = launch.start(launch.selora_serve_command(args), log, env=endpoint_env(s3.url), name="selora-serve")
+    server = launch.start(launch.selora_serve_command(args), log, env=env, name="selora-serve")
     out = {}
     try:
-        client = server.async_client()
-
-        async def ttft(model_name: str) -> float:
+        async def ttft(client, model_name: str) -> float:
             start = time.perf_counter()
             stream = await client.completions.create(model=model_name, prompt="Once upon a time", max_tokens=1,
                                                      temperature=0.0, stream=True)
@@ -203,12 +205,15 @@ def measure_real(s3, names: list[str], settings: dict, port: int | None, probes:
             return first - start
 
         async def run_setting(batch: list[str]) -> dict[str, list[float]]:
-            await ttft("base")  # untimed: the engine is awake
+            client = server.async_client()  # one per event loop
+            await ttft(client, "base")  # untimed: the engine is awake
             got: dict[str, list[float]] = {"selora": [], "dense": []}
             for i, name in enumerate(batch):
                 pair = ("selora", "dense") if i % 2 == 0 else ("dense", "selora")
                 for kind in pair:
-                    got[kind].append(1e3 * await ttft(f"{kind}-{name}"))
+                    if evict is not None:
+                        evict(f"{kind}-{name}")
+                    got[kind].append(1e3 * await ttft(client, f"{kind}-{name}"))
             return got
 
         todo = iter(names)
@@ -261,7 +266,8 @@ def inside(args) -> dict:
             for name in names:
                 s3.upload_dir(BUCKET, f"real/selora-{name}", ws / "selora" / name)
                 s3.upload_dir(BUCKET, f"real/dense-{name}", ws / "dense" / name)
-            result["real"] = measure_real(s3, names, settings, args.shape_port, args.probes, work, Path(args.model))
+            result["real"] = measure_real(f"s3://{BUCKET}/real", endpoint_env(s3.url), names, settings,
+                                          args.shape_port, args.probes, work, Path(args.model))
     finally:
         s3.stop()
     return result
@@ -272,6 +278,9 @@ def inside(args) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", choices=("s3", "local"), default="s3",
+                   help="s3: both parts from a bucket (default); local: the real-model part only, from a local "
+                        "store with the page cache dropped before each request")
     p.add_argument("--parts", default="llama8b,real", help="comma-separated: llama8b, real (default: %(default)s)")
     p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated link settings (default: %(default)s)")
     p.add_argument("--probes", type=int, default=None, help="A B pairs per setting (default: 4, or 2 with --quick)")
@@ -309,7 +318,39 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(doc))
 
 
+def run_local(args, work: Path) -> dict:
+    """`--store local`: the real-model part from a local store, page cache dropped before each
+    request (issue 12's target: cold first token of SeLoRA vs its dense twin in one server)."""
+    try:
+        from benchmarks import pagecache
+    except ImportError:
+        import pagecache
+
+    from selora_serve.tiny import TinySpec
+
+    names = [f"a{i}" for i in range(args.probes)]
+    model = work / "tiny-model" if args.quick else args.model
+    ws = build_workspace(work / "real", TinySpec(), 8 if args.quick else 32, 0.6, names, seed=0,
+                         model=None if args.quick else model)
+    store = work / "local-store"
+    for name in names:
+        for kind, src in (("selora", ws.store), ("dense", ws.dense)):
+            if not (store / f"{kind}-{name}").is_dir():
+                shutil.copytree(src / name, store / f"{kind}-{name}")
+    print(f"cold first token from a local store (page cache dropped before each request); p50 of {args.probes} "
+          "A-B pairs:", flush=True)
+    results = {"real": measure_real(str(store), {}, names, {"local": None}, None, args.probes, work, ws.model,
+                                    evict=lambda adapter: pagecache.evict([store / adapter]))}
+    return {"benchmark": "coldfetch", "store": "local", "hardware": hardware(["cpu"]),
+            "config": {"quick": args.quick, "probes": args.probes, "eta": 0.6, "targets": list(TARGETS), "basis": "haar"},
+            "sizes": {"real": {"selora_bytes": dir_bytes(store / f"selora-{names[0]}"),
+                               "dense_bytes": dir_bytes(store / f"dense-{names[0]}"), "model": str(ws.model)}},
+            "results": results}
+
+
 def run(args, work: Path) -> dict:
+    if args.store == "local":
+        return run_local(args, work)
     from selora_serve.base_model import LLAMA3_8B
 
     problem = netns_problem()

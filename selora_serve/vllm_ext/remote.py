@@ -384,7 +384,7 @@ def cached_copy(found: RemoteAdapter, cache) -> Iterator[tuple[StoredAdapter, Fe
         try:
             with cache.entry(found.key, None if found.cached_key else fetch) as path:
                 cache.set_last_key(found.url, found.key, kind=found.kind)
-                yield StoredAdapter(found.name, path, cache.root, found.kind), info
+                yield StoredAdapter(found.name, path, cache.root, found.kind, version=found.key), info
             break
         except ObjectChanged:
             again = found.root.find(found.name)

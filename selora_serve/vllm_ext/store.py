@@ -20,7 +20,7 @@ while a server runs are found on their first request. It imports nothing from vL
 `snapshot(found, root, base=...)` copies an adapter's files into a private directory, reading
 them through one open descriptor of the adapter's directory: a directory swapped by rename
 mid-copy (as every atomic write here does) yields the old files or the new ones, never some of
-each. With `base`, a SeLoRA adapter is validated in full (`validate_bytes`: manifest, fit to the
+each (an adapter cache entry, never changed once it exists, is hard-linked instead). With `base`, a SeLoRA adapter is validated in full (`validate_bytes`: manifest, fit to the
 base, every tensor, every value finite, every Omega checksum) on the very bytes that copy read,
 in memory, before anything is written; the copy then appears (renamed into place) already marked
 verified for that base. So what was validated is what vLLM loads, the source is read once, and an
@@ -92,6 +92,9 @@ class StoredAdapter:
     path: Path  # real path, inside `root`
     root: Path
     kind: Literal["selora", "peft"]
+    # Set for a directory whose files are never changed or replaced (an adapter cache entry,
+    # `adapter_cache`): its version key. `snapshot` then hard-links its files instead of copying.
+    version: str | None = None
 
 
 def _find_local(root: Path, name: str, parts: tuple[str, ...]) -> "StoredAdapter | None":
@@ -289,6 +292,8 @@ def snapshot(found: StoredAdapter, root: str | Path, *, base=None, max_rank: int
     t0 = time.perf_counter()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    if found.version is not None:
+        return _linked_snapshot(found, root, base, max_rank, timings)
     try:
         dir_fd = os.open(found.path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
@@ -298,7 +303,7 @@ def snapshot(found: StoredAdapter, root: str | Path, *, base=None, max_rank: int
     tmp: Path | None = None
     verify_s = 0.0
     try:
-        names = (CONFIG_FILE, COEF_FILE) if found.kind == "selora" else sorted(os.listdir(dir_fd))
+        names = (CONFIG_FILE, COEF_FILE) if found.kind == "selora" else _peft_files(os.listdir(dir_fd))
         total = 0
         for name in names:
             try:
@@ -358,6 +363,58 @@ def snapshot(found: StoredAdapter, root: str | Path, *, base=None, max_rank: int
         return final
     finally:
         os.close(dir_fd)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if timings is not None:
+            timings["verify"] = verify_s
+            timings["copy"] = time.perf_counter() - t0 - verify_s
+
+
+def _peft_files(names: Iterable[str]) -> list[str]:
+    return sorted(n for n in names if not n.startswith("."))  # hidden: a cache's metadata, partial writes
+
+
+def _linked_snapshot(found: StoredAdapter, root: Path, base, max_rank: int | None,
+                     timings: dict[str, float] | None) -> Path:
+    """`snapshot` of an immutable directory (`found.version` set): its files hard-linked (copied
+    across file systems) into a directory named by the version, a SeLoRA adapter validated first
+    on the bytes it holds. Linked files outlive the source's removal (a cache eviction)."""
+    from ..base_model import BaseFacts
+
+    t0 = time.perf_counter()
+    final = root / f"{quote(found.name, safe='')[:100]}-{found.version[:16]}"
+    fingerprint = BaseFacts.of(base).fingerprint if base is not None and found.kind == "selora" else None
+    verify_s = 0.0
+    tmp: Path | None = None
+    try:
+        if final.is_dir() and (fingerprint is None or is_verified(final, fingerprint)):
+            return final
+        names = (CONFIG_FILE, COEF_FILE) if found.kind == "selora" else _peft_files(os.listdir(found.path))
+        present = [n for n in names if (found.path / n).is_file()]
+        if fingerprint is not None:
+            held = {n: (found.path / n).read_bytes() for n in present}
+            v0 = time.perf_counter()
+            validate_bytes(found.name, found.path, held.get(CONFIG_FILE), held.get(COEF_FILE), base, max_rank=max_rank)
+            verify_s = time.perf_counter() - v0
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".incoming-"))
+        for name in present:
+            try:
+                os.link(found.path / name, tmp / name)
+            except OSError:
+                shutil.copyfile(found.path / name, tmp / name)
+        if fingerprint is not None:
+            (tmp / VERIFIED_MARK).write_text(fingerprint)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            if fingerprint is not None:
+                mark_verified(final, fingerprint)
+        tmp = None
+        return final
+    finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if timings is not None:

@@ -57,6 +57,11 @@ def test_fetch_into_the_cache_once_then_snapshot_verified(layout, checkpoints, t
     snap = verified_snapshot(store.find("haar"), facts, cache=cache)
     assert (snap / CONFIG_FILE).read_bytes() == (checkpoints["haar"] / CONFIG_FILE).read_bytes()
     assert (snap / ".selora-verified").read_text() == facts.fingerprint
+    entry = cache.path(found.key)
+    assert os.stat(snap / COEF_FILE).st_ino == os.stat(entry / COEF_FILE).st_ino, "linked, not copied"
+    cache.max_bytes = 0
+    assert found.key in cache.evict()
+    assert (snap / COEF_FILE).read_bytes() == (checkpoints["haar"] / COEF_FILE).read_bytes(), "outlives eviction"
     peft = verified_snapshot(store.find("dense"), facts, cache=cache)
     assert (peft / "adapter_config.json").is_file()
 
