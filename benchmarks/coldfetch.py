@@ -133,7 +133,7 @@ def measure_llama8b(s3, facts, settings: dict, port: int | None, probes: int) ->
     from selora_serve.peft_io import dense_state_dict
     from selora_serve.vllm_ext.adapter_cache import AdapterCache
     from selora_serve.vllm_ext.remote import S3Root, cached_copy
-    from selora_serve.vllm_ext.store import snapshot
+    from selora_serve.vllm_ext.snapshot import snapshot
 
     root = S3Root(f"s3://{BUCKET}/llama8b")
     out = {}

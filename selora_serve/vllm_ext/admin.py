@@ -10,13 +10,14 @@ Pins are capped at `--max-loras` - 1: with every slot pinned vLLM's worker raise
 pinned" in the next step that needs another adapter, which stops the engine; `pin` answers 409
 instead (and `selora-serve --pin` refuses too many at start-up).
 
-State per adapter: `on_disk` (in the store: a local root or a bucket), `loaded` (vLLM knows the name), `host_cache` (its
-weights are in the engine's LoRA cache, from `engine_client.list_loras()`), `slot` (it holds one
-of the `--max-loras` slots; vLLM 0.32's engine client cannot tell, so the worker publishes its
-slot occupancy as the `selora_adapter_in_slot` metric and this reads it back; null when metrics
-are not in multiprocess mode, i.e. not started by `selora-serve`), `pinned` (pinned through this
-API or --pin). vLLM's own `/v1/unload_lora_adapter` only forgets the name and leaves the
-weights resident; `unload` here also calls `remove_lora`, so the memory is really freed.
+State per adapter: `on_disk` (in the store: a local root or a bucket), `loaded` (vLLM knows the
+name), `host_cache` (its weights are in the engine's LoRA cache, from
+`engine_client.list_loras()`), `slot` (it holds one of the `--max-loras` slots; vLLM 0.32's engine
+client cannot tell, so the worker publishes its slot occupancy as the `selora_adapter_in_slot`
+metric and this reads it back; null when metrics are not in multiprocess mode, i.e. not started by
+`selora-serve`), `pinned` (pinned through this API or --pin). vLLM's own `/v1/unload_lora_adapter`
+only forgets the name and leaves the weights resident; `unload` here also calls `remove_lora`, so
+the memory is really freed.
 
 vLLM loads endpoint plugins only when named in VLLM_PLUGINS (`selora-serve` sets it). Adapters
 named in SELORA_PINNED are loaded and pinned when the server starts. Start-up also tells `metrics`

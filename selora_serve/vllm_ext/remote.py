@@ -391,7 +391,8 @@ def cached_copy(found: RemoteAdapter, cache) -> Iterator[tuple[StoredAdapter, Fe
             if again is None:
                 raise FileNotFoundError(found.url) from None
             if attempt:
-                raise StoreUnavailable(found.name, f"the objects of {found.url} are being replaced; try again") from None
+                raise StoreUnavailable(found.name, f"the objects of {found.url} are being replaced; "
+                                       "try again") from None
             found = again
         except KeyError:  # a stale copy evicted since `find`
             raise StoreUnavailable(found.name, f"the adapter store {found.root.url} is unavailable and "
@@ -399,5 +400,5 @@ def cached_copy(found: RemoteAdapter, cache) -> Iterator[tuple[StoredAdapter, Fe
     cache.evict()
 
 
-__all__ = ["Fetched", "cached_copy", "ENV_FETCH_TIMEOUT", "ObjectChanged", "RemoteAdapter", "RemoteFile", "S3Root", "StoreUnavailable",
-           "allow_http", "fetch_timeout", "is_remote"]
+__all__ = ["ENV_FETCH_TIMEOUT", "Fetched", "ObjectChanged", "RemoteAdapter", "RemoteFile", "S3Root", "StoreUnavailable",
+           "allow_http", "cached_copy", "fetch_timeout", "is_remote"]

@@ -15,11 +15,12 @@ be loaded".) An adapter in object storage is fetched into the local adapter cach
 (`remote.cached_copy`), in this process: the engine only ever sees local snapshots.
 
 The LoRARequest returned points at a private snapshot of the adapter (`store.snapshot`, under
-SELORA_SNAPSHOT_DIR), validated in full on the bytes the snapshot copied (one pass). vLLM's worker reloads an adapter from its path whenever
-its host cache evicted it, inside a model step where a failure would stop the engine for every
-tenant; from the snapshot that reload cannot meet a file deleted, truncated or half-replaced in
-the store since. Snapshots are content-addressed and kept while the server runs: a request still
-in flight may make the worker reload an adapter after it was unloaded, from that path.
+SELORA_SNAPSHOT_DIR), validated in full on the bytes the snapshot copied (one pass). vLLM's worker
+reloads an adapter from its path whenever its host cache evicted it, inside a model step where a
+failure would stop the engine for every tenant; from the snapshot that reload cannot meet a file
+deleted, truncated or half-replaced in the store since. Snapshots are content-addressed and kept
+while the server runs: a request still in flight may make the worker reload an adapter after it
+was unloaded, from that path.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from pathlib import Path
 from ..envdir import env_scratch_dir
 from ..base_model import BaseFacts
 from . import metrics
-from .store import ENV_DIRS, AdapterError, AdapterStore, snapshot
+from .snapshot import snapshot
+from .store import ENV_DIRS, AdapterError, AdapterStore
 
 logger = logging.getLogger("vllm.selora_serve")
 
