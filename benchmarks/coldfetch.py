@@ -58,6 +58,8 @@ SETTINGS = {"unthrottled": None, "1GB/s": 8000, "100MB/s": 800}  # mbit on the w
 REAL_MODEL = Path("/work/cache/smollm2")
 BUCKET = "bench"
 FETCH_LOG = re.compile(r"fetched adapter (\S+) from \S+: (\d+) bytes in ([0-9.]+) ms")
+SNAPSHOT_LOG = re.compile(r"snapshot of adapter (\S+) in ([0-9.]+) ms, verified in ([0-9.]+) ms")
+DECODE_LOG = re.compile(r"decoded SeLoRA adapter \S*/(\S+)-[0-9a-f]{16} \(.*\) in ([0-9.]+) ms")
 
 
 # ---------------------------------------------------------------- the link
@@ -222,16 +224,22 @@ def measure_real(store: str, env: dict, names: list[str], settings: dict, port: 
                 shape(port, mbit)
             batch = [next(todo) for _ in range(probes)]
             got = asyncio.run(run_setting(batch))
-            fetches = {m[0]: (int(m[1]), float(m[2])) for m in FETCH_LOG.findall(log.read_text())}
-            fetch_ms = {k: [fetches[f"{k}-{n}"][1] for n in batch if f"{k}-{n}" in fetches] for k in got}
+            text = log.read_text()
+            stages = {"fetch": {m[0]: float(m[2]) for m in FETCH_LOG.findall(text)},
+                      "snapshot": {m[0]: float(m[1]) for m in SNAPSHOT_LOG.findall(text)},
+                      "verify": {m[0]: float(m[2]) for m in SNAPSHOT_LOG.findall(text)},
+                      "decode": {m[0]: float(m[1]) for m in DECODE_LOG.findall(text)}}
             p50 = {k: round(statistics.median(v), 1) for k, v in got.items()}
             out[setting] = {
                 "ttft_ms": {k: [round(x, 1) for x in v] for k, v in got.items()}, "ttft_p50_ms": p50,
-                "fetch_p50_ms": {k: round(statistics.median(v), 1) for k, v in fetch_ms.items() if v},
                 "selora_over_dense": round(p50["selora"] / p50["dense"], 3),
+                # from the server's log: where a cold load's time went (p50 over the same probes)
+                "stage_p50_ms": {k: {stage: round(statistics.median(vals), 1) for stage, by_name in stages.items()
+                                     if (vals := [by_name[f"{k}-{n}"] for n in batch if f"{k}-{n}" in by_name])}
+                                 for k in got},
             }
             print(f"  real    {setting:12s} selora {p50['selora']:8.1f} ms  dense {p50['dense']:8.1f} ms  "
-                  f"ratio {out[setting]['selora_over_dense']:.3f}  (fetch p50 {out[setting]['fetch_p50_ms']})",
+                  f"ratio {out[setting]['selora_over_dense']:.3f}  (stages {out[setting]['stage_p50_ms']})",
                   flush=True)
     finally:
         launch.stop(server)
@@ -289,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="CI-sized: 2 LLaMA layers, the tiny local model for the 'real' part, 2 probes")
     p.add_argument("--work-dir", type=Path, help="keep the adapters here (default: a temporary directory)")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results to PATH, atomically")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="also draw the results as bars into PNG")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--shape-port", type=int, help=argparse.SUPPRESS)
@@ -315,7 +324,36 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         write_json(args.json, doc)
+    if args.plot:
+        plot(doc, args.plot)
     print(json.dumps(doc))
+
+
+def plot(doc: dict, path: Path) -> None:
+    """Bars per link setting: SeLoRA and dense cold-load totals (llama8b) and first-token times."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = [(part, "total_ms" if part == "llama8b" else "ttft_p50_ms") for part in doc["results"]]
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 3.8), squeeze=False)
+    for ax, (part, key) in zip(axes[0], parts):
+        settings = list(doc["results"][part])
+        for j, kind in enumerate(("selora", "dense")):
+            ax.bar([i + 0.4 * j for i in range(len(settings))], [doc["results"][part][s][key][kind] for s in settings],
+                   width=0.4, label={"selora": "SeLoRA", "dense": "dense PEFT twin"}[kind])
+        for i, s in enumerate(settings):
+            ax.text(i + 0.2, max(doc["results"][part][s][key].values()) * 1.02,
+                    f"{doc['results'][part][s]['selora_over_dense']:.2f}x", ha="center", fontsize=9)
+        ax.set_xticks([i + 0.2 for i in range(len(settings))], settings)
+        ax.set_ylabel("ms (p50)")
+        ax.set_title({"llama8b": "LLaMA-3-8B shapes: LIST + fetch + snapshot + decode/load",
+                      "real": "SmolLM2-135M: cold time to first token"}[part], fontsize=10)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
 
 
 def run_local(args, work: Path) -> dict:

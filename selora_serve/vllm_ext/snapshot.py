@@ -77,7 +77,11 @@ def snapshot(found: StoredAdapter, root: str | Path, *, base=None, max_rank: int
                     size = os.fstat(src.fileno()).st_size
                     if total + size > MAX_SNAPSHOT_BYTES:
                         raise AdapterError(found.name, f"adapter directory larger than {MAX_SNAPSHOT_BYTES} bytes")
-                    data = src.read(MAX_SNAPSHOT_BYTES - total + 1)
+                    data = src.read(size + 1)  # + 1: a file still growing is read to its end below
+                    while len(data) > size and (more := src.read(1 << 20)):
+                        data += more
+                        if total + len(data) > MAX_SNAPSHOT_BYTES:
+                            break
                     total += len(data)
                     if total > MAX_SNAPSHOT_BYTES:
                         raise AdapterError(found.name, f"adapter directory larger than {MAX_SNAPSHOT_BYTES} bytes")
