@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
 from ..checkpoint import COEF_FILE, CONFIG_FILE, CheckpointError, Manifest, is_selora_checkpoint, load_checkpoint
-from ..checkpoint.format import parse_manifest, read_manifest
+from ..checkpoint.format import check_against_base, check_coefficients, parse_manifest, read_manifest
 from ..peft_io import PEFT_CONFIG
 
 ENV_DIRS = "SELORA_ADAPTER_DIRS"  # the store roots, set by `selora-serve` (see AdapterStore.to_env)
@@ -308,7 +308,8 @@ def validate_bytes(name: str, where: str | Path, config: bytes | None, coefficie
             raise CheckpointError(where / COEF_FILE, "(file)", "missing")
         manifest = parse_manifest(where, config)
         _check_servable(name, manifest, max_rank)
-        load_checkpoint(where, base_config=base_config, manifest=manifest, coefficients=coefficients)
+        check_against_base(manifest, base_config)
+        check_coefficients(manifest, coefficients)
     except CheckpointError as exc:
         raise AdapterError(name, describe(exc)) from None
     return manifest

@@ -80,6 +80,18 @@ def test_snapshot_validates_in_the_pass_that_copies(checkpoints, tiny_model, tmp
     (bad / COEF_FILE).write_bytes(data[: len(data) // 2])
     with pytest.raises(AdapterError, match="'bad'.*corrupt or truncated"):
         snapshot(AdapterStore([tmp_path / "store"]).find("bad"), tmp_path / "snaps", base=facts)
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(checkpoints["haar"] / COEF_FILE))
+    tensors[next(iter(tensors))][3] = float("inf")
+    save_file(tensors, str(bad / COEF_FILE))
+    with pytest.raises(AdapterError, match=r"'bad'.*coef_[ab]: 1 NaN/Inf value\(s\)"):
+        snapshot(AdapterStore([tmp_path / "store"]).find("bad"), tmp_path / "snaps", base=facts)
+    tensors[next(iter(tensors))] = tensors[next(iter(tensors))].to(torch.float16)
+    save_file(tensors, str(bad / COEF_FILE))
+    with pytest.raises(AdapterError, match="dtype float16, manifest says float32"):
+        snapshot(AdapterStore([tmp_path / "store"]).find("bad"), tmp_path / "snaps", base=facts)
     (bad / COEF_FILE).unlink()
     with pytest.raises(AdapterError, match="selora_coefficients.safetensors: \\(file\\): missing"):
         snapshot(AdapterStore([tmp_path / "store"]).find("bad"), tmp_path / "snaps", base=facts)
