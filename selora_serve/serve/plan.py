@@ -4,6 +4,9 @@
     launch.argv  # ["--model", model, "--enable-lora", "--max-lora-rank", "8", ...]
     launch.env   # {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "SELORA_ADAPTER_DIRS": ..., ...}
 
+Store roots are directories or s3://BUCKET/PREFIX URLs (`vllm_ext.remote`), each bucket asked
+once here and its adapters cached under --adapter-cache-dir (SELORA_ADAPTER_CACHE_DIR).
+
 A default is added only when the user did not pass that vLLM option; anything the user passes
 reaches vLLM unchanged. Store mode enables LoRA with runtime updating (vLLM 0.32 consults LoRA
 resolvers only then), derives the rank limit and slot counts from the store, and on CPU runs

@@ -72,9 +72,9 @@ def install() -> None:
         known = {card.id for card in listing.data}
         for name, found in (await asyncio.to_thread(store.adapters)).items():
             if name not in known:
+                root = getattr(found, "url", None) or str(found.path)  # a bucket's adapter: its URL
                 listing.data.append(ModelCard(
-                    id=name, root=str(getattr(found, "url", None) or found.path), parent=self.base_model_paths[0].name,
-                    permission=[ModelPermission()],
+                    id=name, root=root, parent=self.base_model_paths[0].name, permission=[ModelPermission()],
                 ))
         return listing
 
