@@ -3,17 +3,23 @@
 In one process, with no server: for each of M adapters (the serving benchmark's, see
 benchmarks/serve.py) whose files are first dropped from the page cache, time
 
-  selora-serve   API process: snapshot (copy + sha256 into a private directory), verification
-                 (`store.validate`), the verified mark; engine worker: parse (`load_verified`),
-                 decode (`dense_state_dict`), vLLM's `LoRAModel.from_lora_tensors`;
+  selora-serve   API process: the snapshot, validated in full in the same pass that copies it
+                 (`store.snapshot(..., base=...)`: one read of the source, checks on the bytes in
+                 memory, the copy and its verified mark written once); engine worker: parse
+                 (`load_verified`), decode (`dense_state_dict`), vLLM's `LoRAModel.from_lora_tensors`;
+  two-pass       the API-process stages as they were before (issue 12 item 3): copy the snapshot,
+                 read it again to validate it (`store.validate`), then write the mark; timed on
+                 the same adapters with the page cache dropped again, for a before/after table;
   dense LoRA     engine worker: vLLM's own `PEFTHelper.from_local_dir` and
                  `LoRAModel.from_local_checkpoint` on the dense PEFT twin;
 
 and print the p50 of each stage (the first 3 adapters are a warm-up and not counted). The
-difference of the two totals is what a cold request pays for a SeLoRA adapter before its first
-token, outside vLLM's shared costs (resolving, scheduling, activating into a slot).
+difference of the selora-serve and dense totals is what a cold request pays for a SeLoRA adapter
+before its first token, outside vLLM's shared costs (resolving, scheduling, activating into a slot,
+the prefill). Presets: the serving benchmark's local models (tiny, small, medium) and `real`, the
+real model (/work/cache/smollm2, SmolLM2-135M-Instruct) with r = 32 on q, k, v, up, down.
 
-  python benchmarks/coldload.py [--model-size small] [--adapters 40] [--json PATH]
+  python benchmarks/coldload.py [--model-size small|real] [--adapters 40] [--json PATH]
 """
 
 from __future__ import annotations
@@ -40,8 +46,11 @@ except ImportError:
 
 from selora_serve.atomic import write_json
 
-STAGES = {"selora": ("snapshot", "verify", "mark", "parse", "decode", "build"), "dense": ("peft_config", "load")}
+STAGES = {"selora": ("snapshot_verified", "parse", "decode", "build"), "two_pass": ("snapshot", "verify", "mark"),
+          "dense": ("peft_config", "load")}
 WARMUP = 3
+REAL_MODEL = Path("/work/cache/smollm2")
+REAL_RANK = 32
 
 
 def measure(ws, names: list[str], facts, max_position: int, vocab: int) -> dict[str, dict[str, list[float]]]:
@@ -50,7 +59,8 @@ def measure(ws, names: list[str], facts, max_position: int, vocab: int) -> dict[
 
     from selora_serve.peft_io import dense_state_dict
     from selora_serve.vllm_ext import loading
-    from selora_serve.vllm_ext.store import AdapterStore, mark_verified, snapshot, validate
+    from selora_serve.vllm_ext.snapshot import mark_verified, snapshot
+    from selora_serve.vllm_ext.store import AdapterStore, validate
 
     loading.install()  # PEFTHelper.from_local_dir reads SeLoRA manifests, as in the server
     store = AdapterStore([ws.store])
@@ -60,19 +70,24 @@ def measure(ws, names: list[str], facts, max_position: int, vocab: int) -> dict[
         for i, name in enumerate(names):
             pagecache.evict([ws.store / name, ws.dense / name])
             t = [time.perf_counter()]
-            path = snapshot(store.find(name), snaps)
-            t.append(time.perf_counter())
-            validate(name, path, facts)
-            t.append(time.perf_counter())
-            mark_verified(path, facts.fingerprint)
+            path = snapshot(store.find(name), Path(snaps) / "one-pass", base=facts)
             t.append(time.perf_counter())
             helper = PEFTHelper.from_local_dir(str(path), max_position)
-            adapter, _ = loading.load_verified(str(path), facts, expected)
+            adapter, verified = loading.load_verified(str(path), facts, expected)
+            assert verified, "the one-pass snapshot is marked verified"
             t.append(time.perf_counter())
             tensors = dense_state_dict(adapter)
             t.append(time.perf_counter())
             LoRAModel.from_lora_tensors(lora_model_id=i + 1, tensors=tensors, peft_helper=helper, device="cpu",
                                         dtype=torch.float32, model_vocab_size=vocab)
+            t.append(time.perf_counter())
+            pagecache.evict([ws.store / name])
+            t.append(time.perf_counter())  # not a stage: the eviction between the two forms
+            path = snapshot(store.find(name), Path(snaps) / "two-pass")
+            t.append(time.perf_counter())
+            validate(name, path, facts)
+            t.append(time.perf_counter())
+            mark_verified(path, facts.fingerprint)
             t.append(time.perf_counter())
             helper = PEFTHelper.from_local_dir(str(ws.dense / name), max_position)
             t.append(time.perf_counter())
@@ -81,17 +96,20 @@ def measure(ws, names: list[str], facts, max_position: int, vocab: int) -> dict[
             t.append(time.perf_counter())
             if i < WARMUP:
                 continue
-            steps = iter(1e3 * (b - a) for a, b in zip(t, t[1:]))  # the stages, in STAGES order
+            steps = [1e3 * (b - a) for a, b in zip(t, t[1:])]
+            del steps[4]  # the eviction
+            it = iter(steps)  # the stages, in STAGES order
             for system, stages in STAGES.items():
                 for stage in stages:
-                    times[system][stage].append(next(steps))
+                    times[system][stage].append(next(it))
     return times
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-size", choices=sorted(PRESETS), default="small",
-                   help="the serving benchmark's local model preset (default: %(default)s)")
+    p.add_argument("--model-size", choices=sorted(PRESETS) + ["real"], default="small",
+                   help="the serving benchmark's local model preset, or real: SmolLM2-135M-Instruct from "
+                        f"{REAL_MODEL} with r={REAL_RANK} (default: %(default)s)")
     p.add_argument("--adapters", type=int, default=40, help=f"cold loads timed, plus {WARMUP} warm-up (default: %(default)s)")
     p.add_argument("--eta", type=float, default=0.6, help="SeLoRA spectral density (default: %(default)s)")
     p.add_argument("--work-dir", type=Path, help="keep the model and adapters here (default: a temporary directory)")
@@ -99,12 +117,13 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.adapters < 1:
         p.error("--adapters must be at least 1")
-    spec, rank = PRESETS[args.model_size]
+    real = args.model_size == "real"
+    spec, rank = (PRESETS["tiny"][0], REAL_RANK) if real else PRESETS[args.model_size]
     names = [f"cold-{j}" for j in range(args.adapters + WARMUP)]
     with tempfile.TemporaryDirectory(prefix="selora-bench-coldload-") as tmp:
         root = args.work_dir / f"{args.model_size}-r{rank}-eta{args.eta}" if args.work_dir else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        ws = build_workspace(root, spec, rank, args.eta, names, seed=0)
+        ws = build_workspace(root, spec, rank, args.eta, names, seed=0, model=REAL_MODEL if real else None)
         from transformers import AutoConfig
 
         from selora_serve.base_model import BaseFacts
@@ -113,14 +132,20 @@ def main(argv: list[str] | None = None) -> None:
         times = measure(ws, names, BaseFacts.of(hf), hf.max_position_embeddings, hf.vocab_size)
     p50 = {system: {stage: round(statistics.median(v), 3) for stage, v in stages.items()} for system, stages in times.items()}
     totals = {system: round(sum(stages.values()), 3) for system, stages in p50.items()}
+    worker = sum(p50["selora"][s] for s in ("parse", "decode", "build"))
     doc = {"benchmark": "coldload", "hardware": hardware(["cpu"]),
-           "config": {"model_size": args.model_size, "rank": rank, "eta": args.eta, "adapters": args.adapters},
-           "p50_ms": p50, "total_ms": totals, "selora_over_dense": round(totals["selora"] / totals["dense"], 3)}
+           "config": {"model_size": args.model_size, "rank": rank, "eta": args.eta, "adapters": args.adapters,
+                      "model": str(ws.model)},
+           "p50_ms": p50, "total_ms": totals, "selora_over_dense": round(totals["selora"] / totals["dense"], 3),
+           "two_pass_total_ms": round(totals["two_pass"] + worker, 3),
+           "api_one_pass_over_two_pass": round(p50["selora"]["snapshot_verified"] / totals["two_pass"], 3)}
     print(f"cold adapter load, p50 ms over {args.adapters} adapters ('{args.model_size}' preset, r={rank}, "
           f"eta={args.eta}; files dropped from the page cache before each):")
     for system, stages in p50.items():
-        print(f"  {system:7s} " + "  ".join(f"{s} {v:.2f}" for s, v in stages.items()) + f"  = {totals[system]:.2f}")
-    print(f"  selora / dense: {doc['selora_over_dense']}")
+        print(f"  {system:8s} " + "  ".join(f"{s} {v:.2f}" for s, v in stages.items()) + f"  = {totals[system]:.2f}")
+    print(f"  API process, one pass / two passes: {doc['api_one_pass_over_two_pass']}; "
+          f"selora / dense: {doc['selora_over_dense']} (two passes: "
+          f"{round(doc['two_pass_total_ms'] / totals['dense'], 3)})")
     if args.json:
         write_json(args.json, doc)
     print(json.dumps(doc))

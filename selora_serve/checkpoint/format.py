@@ -104,8 +104,16 @@ def read_manifest(path: str | Path) -> Manifest:
         raise CheckpointError(root, "(directory)", "not found or not a directory")
     if not file.is_file():
         raise CheckpointError(file, "(file)", "missing: not a SeLoRA checkpoint directory")
+    return parse_manifest(root, file.read_bytes())
+
+
+def parse_manifest(root: str | Path, raw: bytes | str) -> Manifest:
+    """Validate the bytes of a selora_config.json; `root` is the checkpoint directory they belong
+    to (named in errors, and the Manifest's path)."""
+    root = Path(root)
+    file = root / CONFIG_FILE
     try:
-        data = json.loads(file.read_text())
+        data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(file, "(file)", f"not valid JSON ({exc})") from None
     if not isinstance(data, dict):
@@ -218,7 +226,7 @@ def _expected_tensors(manifest: Manifest) -> dict[str, tuple[int]]:
     return out
 
 
-def _read_tensors(manifest: Manifest, check_values: bool = True) -> dict[str, torch.Tensor]:
+def _read_tensors(manifest: Manifest, check_values: bool = True, data: bytes | None = None) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -226,7 +234,7 @@ def _read_tensors(manifest: Manifest, check_values: bool = True) -> dict[str, to
     expected = _expected_tensors(manifest)
     try:
         # One read, one parse: this runs in the engine's loop on every adapter load.
-        data = file.read_bytes()
+        data = file.read_bytes() if data is None else data
         tensors = load(data)
     except FileNotFoundError:
         raise CheckpointError(file, "(file)", "missing") from None
@@ -262,6 +270,98 @@ def _read_tensors(manifest: Manifest, check_values: bool = True) -> dict[str, to
     return {key: tensors[key] for key in expected}
 
 
+SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+# safetensors dtype code -> (bytes per value, torch's name for it)
+_SAFETENSORS = {"F64": (8, "float64"), "F32": (4, "float32"), "F16": (2, "float16"), "BF16": (2, "bfloat16"),
+                "I64": (8, "int64"), "I32": (4, "int32"), "I16": (2, "int16"), "I8": (1, "int8"), "U8": (1, "uint8"),
+                "BOOL": (1, "bool"), "U64": (8, "uint64"), "U32": (4, "uint32"), "U16": (2, "uint16"),
+                "C64": (8, "complex64"), "F8_E4M3": (1, "float8_e4m3fn"), "F8_E5M2": (1, "float8_e5m2")}
+MAX_SAFETENSORS_HEADER = 100_000_000  # safetensors' own limit
+
+
+def safetensors_layout(data: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The tensors of a safetensors file's bytes, {name: (dtype code, shape)}, from its header
+    alone, with every check safetensors' own parser makes (header bounds and JSON, every tensor's
+    byte count from its dtype and shape, offsets contiguous from 0 to the end of the file, no
+    hole, no overlap) and some it does not (a tensor declared twice, unknown keys). ValueError naming the
+    defect. Nothing is copied: a file this accepts, `safetensors.torch.load` loads."""
+    if len(data) < 8:
+        raise ValueError("shorter than the 8-byte header length")
+    n = int.from_bytes(data[:8], "little")
+    if n > MAX_SAFETENSORS_HEADER or 8 + n > len(data):
+        raise ValueError(f"header length {n} does not fit the file's {len(data)} bytes")
+    raw = bytes(data[8:8 + n])
+    if not raw.startswith(b"{"):
+        raise ValueError("header does not start with '{'")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    meta = header.pop("__metadata__", {})
+    if raw.count(b'"data_offsets"') != len(header):  # a name given twice (JSON keeps the last)
+        raise ValueError("a tensor is declared more than once")
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise ValueError("__metadata__ must map strings to strings")
+    spans, out = [], {}
+    for name, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise ValueError(f"{name}: expected dtype, shape and data_offsets")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in _SAFETENSORS:
+            raise ValueError(f"{name}: unknown dtype {dtype!r}")
+        ints = lambda xs: isinstance(xs, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                       for x in xs)
+        if not ints(shape) or not ints(offsets) or len(offsets) != 2:
+            raise ValueError(f"{name}: shape and data_offsets must be lists of non-negative integers")
+        start, end = offsets
+        count = 1
+        for dim in shape:
+            count *= dim
+        if end < start or end - start != count * _SAFETENSORS[dtype][0]:
+            raise ValueError(f"{name}: data_offsets {offsets} do not hold {dtype} {shape}")
+        spans.append((start, end, name))
+        out[name] = (dtype, tuple(shape))
+    position = 0
+    for start, end, name in sorted(spans):
+        if start != position:
+            raise ValueError(f"{name}: data_offsets start at {start}, expected {position} (a hole or an overlap)")
+        position = end
+    if 8 + n + position != len(data):
+        raise ValueError(f"the tensors cover {position} bytes of data, the file holds {len(data) - 8 - n}")
+    return out
+
+
+def check_coefficients(manifest: Manifest, data: bytes) -> None:
+    """Everything `load_checkpoint(verify=True)` checks in the coefficient file's bytes `data`
+    (tensor names, counts, dtypes, every value finite), from its header and one reduction over
+    its data region, without building a tensor. CheckpointError naming the file and field."""
+    file = manifest.path / COEF_FILE
+    try:
+        layout = safetensors_layout(data)
+    except ValueError as exc:
+        raise CheckpointError(file, "(file)", f"corrupt or truncated safetensors ({exc})") from None
+    expected = _expected_tensors(manifest)
+    missing = sorted(set(expected) - set(layout))
+    if missing:
+        raise CheckpointError(file, missing[0], f"tensor missing ({len(missing)} missing in all)")
+    extra = sorted(set(layout) - set(expected))
+    if extra:
+        raise CheckpointError(file, extra[0], "unexpected tensor (not declared by the manifest)")
+    want = SAFETENSORS_DTYPES[manifest.coefficient_dtype]
+    for key, shape in expected.items():
+        dtype, got = layout[key]
+        if got != shape:
+            raise CheckpointError(file, key, f"has {got[0] if len(got) == 1 else got} coefficients, expected "
+                                  f"k = {shape[0]} (round((1 - eta) * m * n) for this module)")
+        if dtype != want:
+            raise CheckpointError(file, key, f"dtype {_SAFETENSORS[dtype][1]}, manifest says {manifest.coefficient_dtype}")
+    if not _all_finite_fast(data, DTYPES[manifest.coefficient_dtype]):
+        _read_tensors(manifest, check_values=True, data=data)  # the exact test, to name the culprit
+    verify_omega(manifest)
+
+
 def _all_finite_fast(data: bytes, dtype: torch.dtype) -> bool:
     """True if the float32 sum of every value in the safetensors file `data` is finite: always so
     when all values are finite, unless the sum overflows (then callers run the exact per-tensor
@@ -293,19 +393,22 @@ def verify_omega(manifest: Manifest) -> None:
 
 def load_checkpoint(
     path: str | Path, *, base_config=None, verify: bool = True, manifest: Manifest | None = None,
+    coefficients: bytes | None = None,
 ) -> SpectralAdapter:
     """Read and fully validate a checkpoint; with `base_config`, also check it fits that model.
 
     `verify=False` skips the checks that read every value (NaN/Inf) or regenerate every Omega,
     for a checkpoint already verified whose bytes cannot have changed since (a server's
     snapshot); the manifest and the tensors' names, counts and dtypes are still checked.
-    `manifest`: `read_manifest(path)`, when the caller has already read it.
+    `manifest`: `read_manifest(path)` (or `parse_manifest`), when the caller has already read it;
+    `coefficients`: the bytes of its selora_coefficients.safetensors, likewise (nothing is then
+    read from `path`, which only names the checkpoint in errors).
     """
     if manifest is None or Path(manifest.path) != Path(path):
         manifest = read_manifest(path)
     if base_config is not None:
         check_against_base(manifest, base_config)
-    tensors = _read_tensors(manifest, check_values=verify)
+    tensors = _read_tensors(manifest, check_values=verify, data=coefficients)
     if verify:
         verify_omega(manifest)
     adapter = SpectralAdapter(manifest.config, manifest.base)

@@ -14,10 +14,12 @@ DESCRIPTION = """\
 Serve a base model and a store of SeLoRA adapters with vLLM's OpenAI-compatible server
 (completions, chat completions, streaming, /v1/models, /metrics).
 
-Each sub-directory of an --adapters directory is an adapter, requested by its name as the
-"model" of a request; it is decoded from its spectral coefficients on its first request, checked
-against the served base model, and then cached by vLLM (--max-loras slots, --max-cpu-loras in
-host memory). Adapters copied into the store while the server runs are served without a restart.
+Each sub-directory of an --adapters directory (or sub-prefix of an s3:// one) is an adapter,
+requested by its name as the "model" of a request; it is decoded from its spectral
+coefficients on its first request, checked against the served base model, and then cached by
+vLLM (--max-loras slots, --max-cpu-loras in host memory). Adapters copied into the store while
+the server runs are served without a restart; adapters in a bucket are fetched on their first
+request into a local cache (--adapter-cache-dir, --adapter-cache-bytes).
 
 Every option not listed here goes to vLLM unchanged (see `python -m
 vllm.entrypoints.openai.api_server --help`), e.g. --tensor-parallel-size, --max-model-len.
@@ -28,6 +30,7 @@ examples:
   selora-serve --demo                                  # SmolLM2-135M-Instruct + 3 trained adapters, :8000
   selora-serve --model meta-llama/Meta-Llama-3-8B --adapters /srv/adapters --port 8000
   selora-serve --model ./llama --adapters ./a --adapters ./b --max-loras 8 --tensor-parallel-size 2
+  AWS_ENDPOINT_URL=http://127.0.0.1:9000 selora-serve --model ./llama --adapters s3://adapters/prod
   selora-serve --merge ./ckpt --model ./llama          # one adapter merged into W0, LoRA off
 """
 
@@ -43,8 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--model", metavar="BASE", help="base model: local directory or Hugging Face id")
-    parser.add_argument("--adapters", action="append", default=[], metavar="DIR",
-                        help="adapter store directory (repeatable; the first that holds a name wins)")
+    parser.add_argument("--adapters", action="append", default=[], metavar="DIR|s3://BUCKET/PREFIX",
+                        help="adapter store: a directory, or a bucket prefix in S3 or an S3-compatible store (MinIO, "
+                        "Ceph; endpoint and credentials from the standard AWS_* environment, AWS_ENDPOINT_URL "
+                        "included). Repeatable; the first that holds a name wins")
+    parser.add_argument("--adapter-cache-dir", metavar="DIR", default=None,
+                        help="where adapters fetched from object storage are kept, across restarts and shared by "
+                        "every process of the server (default: ~/.cache/selora-serve/adapters)")
+    parser.add_argument("--adapter-cache-bytes", metavar="SIZE", default=None,
+                        help="bound on that cache, least recently used adapters evicted first: bytes or 20G, 512M "
+                        "(default: 16G)")
     parser.add_argument("--pin", action="append", default=[], metavar="NAME",
                         help="load this store adapter at start-up and pin it in a slot (repeatable)")
     parser.add_argument("--merge", metavar="CKPT",
@@ -101,7 +112,8 @@ def _plan(args: argparse.Namespace, passthrough: list[str]):
         return plan_merge(args.merge, args.model, passthrough, cache=args.merge_cache or default_cache() / "merged")
     if not args.adapters:
         raise ValueError("--adapters DIR is required (or --merge CKPT, or --demo)")
-    return plan_store(args.model, args.adapters, passthrough, pinned=args.pin, host_cache_form=args.host_cache_form)
+    return plan_store(args.model, args.adapters, passthrough, pinned=args.pin, host_cache_form=args.host_cache_form,
+                      cache_dir=args.adapter_cache_dir, cache_bytes=args.adapter_cache_bytes)
 
 
 def launch(plan) -> None:

@@ -4,6 +4,9 @@
     launch.argv  # ["--model", model, "--enable-lora", "--max-lora-rank", "8", ...]
     launch.env   # {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "SELORA_ADAPTER_DIRS": ..., ...}
 
+Store roots are directories or s3://BUCKET/PREFIX URLs (`vllm_ext.remote`), each bucket asked
+once here and its adapters cached under --adapter-cache-dir (SELORA_ADAPTER_CACHE_DIR).
+
 A default is added only when the user did not pass that vLLM option; anything the user passes
 reaches vLLM unchanged. Store mode enables LoRA with runtime updating (vLLM 0.32 consults LoRA
 resolvers only then), derives the rank limit and slot counts from the store, and on CPU runs
@@ -32,7 +35,10 @@ from ..vllm_ext.admin import ENV_PINNED, PLUGIN_NAME as ADMIN_PLUGIN
 from ..vllm_ext.guard import ENV_MAX_BODY, ENV_TENANTS, PLUGIN_NAME as GUARD_PLUGIN
 from ..vllm_ext.host_cache import ENV_HOST_CACHE_FORM
 from ..vllm_ext.resolver import ENV_MAX_RANK
-from ..vllm_ext.store import ENV_DIRS, AdapterStore
+from ..vllm_ext.adapter_cache import AdapterCache, parse_size
+from ..vllm_ext.remote import is_remote
+from ..vllm_ext.store import DEFAULT_CACHE_BYTES, ENV_CACHE_BYTES, ENV_CACHE_DIR, ENV_DIRS, AdapterStore
+from ..vllm_ext.store import cache_dir as store_cache_dir
 from .preflight import check_model
 
 # vLLM 0.32's accepted --max-lora-rank values (vllm.config.lora.MaxLoRARanks).
@@ -114,13 +120,35 @@ def _defaults(argv: list[str], defaults: list[tuple[str, str | None]], notes: li
 def plan_store(
     model: str, adapter_dirs: Sequence[str], passthrough: Sequence[str] = (), *,
     pinned: Sequence[str] = (), cpu: bool | None = None, host_cache_form: str | None = None,
+    cache_dir: str | Path | None = None, cache_bytes: str | int | None = None,
 ) -> Launch:
-    """Serve `model` with LoRA enabled and the adapter store `adapter_dirs` behind the resolver."""
-    store = AdapterStore(adapter_dirs)
+    """Serve `model` with LoRA enabled and the adapter store `adapter_dirs` (directories and
+    s3://BUCKET/PREFIX URLs) behind the resolver. Each bucket is asked once: a misconfigured one
+    (no such bucket, access denied) is a ValueError, so the server does not start; one that
+    cannot be reached now only adds a warning (the server starts, serving local adapters and those
+    in the cache). Remote adapters are cached under `cache_dir`, at most `cache_bytes`."""
+    remote = [d for d in adapter_dirs if is_remote(d)]
+    cache = None
+    cache_env: dict[str, str] = {}
+    if remote:
+        directory = Path(cache_dir).expanduser().resolve() if cache_dir else store_cache_dir()
+        size = parse_size(cache_bytes) if cache_bytes is not None else DEFAULT_CACHE_BYTES
+        cache = AdapterCache(directory, size)
+        cache_env = {ENV_CACHE_DIR: str(directory), ENV_CACHE_BYTES: str(size)}
+    elif cache_dir or cache_bytes is not None:
+        raise ValueError("--adapter-cache-dir and --adapter-cache-bytes apply to adapters in object storage "
+                         "(--adapters s3://BUCKET/PREFIX); every --adapters here is a local directory")
+    store = AdapterStore(adapter_dirs, cache)
+    unreachable = store.check_remote()
     argv = list(passthrough)
     cpu = on_cpu() if cpu is None else cpu
     n = len(store.names())
     notes: list[str] = []
+    for url, reason in unreachable.items():
+        n = max(n, MAX_HOST_CACHE)  # its adapters are unknown: full-size defaults
+        notes.append(f"warning: {url} cannot be reached now ({reason}); serving local and cached adapters, the "
+                     "others answer 503 until it is back" + ("" if has_option(argv, "--max-lora-rank") else
+                                                              "; pass --max-lora-rank, as its ranks are unknown"))
     rank_limit = option_value(argv, "--max-lora-rank")
     rank = int(rank_limit) if rank_limit else supported_rank(store.max_rank())
     slots = max(1, min(n, MAX_SLOTS), len(pinned) + 1)  # one slot always stays unpinned
@@ -143,7 +171,11 @@ def plan_store(
         ENV_DIRS: store.to_env(),
         ENV_MAX_RANK: str(rank),
         "VLLM_PLUGINS": plugins_allowlist(),
+        **cache_env,
     }
+    if remote:
+        notes.append(f"adapters from {', '.join(remote)} cached in {cache_env[ENV_CACHE_DIR]} "
+                     f"(at most {int(cache_env[ENV_CACHE_BYTES]) / 2**30:.1f} GiB)")
     if pinned:
         env[ENV_PINNED] = ",".join(pinned)
     if host_cache_form:

@@ -10,13 +10,14 @@ Pins are capped at `--max-loras` - 1: with every slot pinned vLLM's worker raise
 pinned" in the next step that needs another adapter, which stops the engine; `pin` answers 409
 instead (and `selora-serve --pin` refuses too many at start-up).
 
-State per adapter: `on_disk` (in the store), `loaded` (vLLM knows the name), `host_cache` (its
-weights are in the engine's LoRA cache, from `engine_client.list_loras()`), `slot` (it holds one
-of the `--max-loras` slots; vLLM 0.32's engine client cannot tell, so the worker publishes its
-slot occupancy as the `selora_adapter_in_slot` metric and this reads it back; null when metrics
-are not in multiprocess mode, i.e. not started by `selora-serve`), `pinned` (pinned through this
-API or --pin). vLLM's own `/v1/unload_lora_adapter` only forgets the name and leaves the
-weights resident; `unload` here also calls `remove_lora`, so the memory is really freed.
+State per adapter: `on_disk` (in the store: a local root or a bucket), `loaded` (vLLM knows the
+name), `host_cache` (its weights are in the engine's LoRA cache, from
+`engine_client.list_loras()`), `slot` (it holds one of the `--max-loras` slots; vLLM 0.32's engine
+client cannot tell, so the worker publishes its slot occupancy as the `selora_adapter_in_slot`
+metric and this reads it back; null when metrics are not in multiprocess mode, i.e. not started by
+`selora-serve`), `pinned` (pinned through this API or --pin). vLLM's own `/v1/unload_lora_adapter`
+only forgets the name and leaves the weights resident; `unload` here also calls `remove_lora`, so
+the memory is really freed.
 
 vLLM loads endpoint plugins only when named in VLLM_PLUGINS (`selora-serve` sets it). Adapters
 named in SELORA_PINNED are loaded and pinned when the server starts. Start-up also tells `metrics`
@@ -38,18 +39,26 @@ ENV_PINNED = "SELORA_PINNED"
 PREFIX = "/v1/selora/adapters"
 
 
-def _facts(found) -> dict:
+def _facts(store, found) -> dict:
+    """What the admin listing shows of an adapter: for a SeLoRA one its manifest's facts (for one
+    in object storage only once its version is in the local cache: listings make no GETs)."""
+    remote = getattr(found, "url", None)
+    where = {"source": remote} if remote else {}
     if found.kind != "selora":
-        return {"kind": "peft"}
+        return {"kind": "peft", **where}
+    if remote and not store.cache.has(found.key):
+        return {"kind": "selora", **where, "bytes": found.nbytes or None, "cached": False}
     try:
-        m = read_manifest(found.path)
+        path = store.cache.path(found.key) if remote else found.path
+        m = read_manifest(path)
+        nbytes = bytes_on_disk(path)
     except CheckpointError as exc:
-        return {"kind": "selora", "error": describe(exc)}
+        return {"kind": "selora", **where, "error": describe(exc)}
     c = m.config
     return {
         "kind": "selora", "basis": c.basis, "wavelet": c.wavelet, "eta": c.eta, "rank": c.r,
         "alpha": c.alpha, "variant": c.variant, "modules": len(m.modules),
-        "parameters": m.num_coefficients(), "bytes": bytes_on_disk(found.path),
+        "parameters": m.num_coefficients(), "bytes": nbytes, **where, **({"cached": True} if remote else {}),
     }
 
 
@@ -107,7 +116,7 @@ class AdminPlugin:
                         "slot": None if in_slot is None else (lora is not None and lora.lora_int_id in in_slot),
                         "pinned": name in self.pinned,
                     },
-                    "facts": _facts(found) if found else {},
+                    "facts": _facts(self.store, found) if found else {},
                 })
             return {"object": "list", "data": out}
 

@@ -11,7 +11,7 @@ paths go to vLLM unchanged.
 
 `OpenAIServingModels.show_available_models` (`GET /v1/models`) lists only adapters vLLM has
 already loaded; with a store configured, the store's other adapters are listed after them
-(their `root` is their directory), since any of them can be requested.
+(their `root` is their directory, or their s3:// URL), since any of them can be requested.
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ def install() -> None:
         known = {card.id for card in listing.data}
         for name, found in (await asyncio.to_thread(store.adapters)).items():
             if name not in known:
+                root = getattr(found, "url", None) or str(found.path)  # a bucket's adapter: its URL
                 listing.data.append(ModelCard(
-                    id=name, root=str(found.path), parent=self.base_model_paths[0].name,
-                    permission=[ModelPermission()],
+                    id=name, root=root, parent=self.base_model_paths[0].name, permission=[ModelPermission()],
                 ))
         return listing
 

@@ -10,6 +10,8 @@
     selora_adapter_generated_tokens_total{adapter}  counter    their generated (completion) tokens
     selora_tenant_requests_total{tenant, status}    counter    HTTP requests per tenant (--tenants), by status
     selora_adapter_in_slot{lora_id}                 gauge      1 while vLLM's adapter id occupies a LoRA slot
+    selora_adapter_fetch_bytes_total{adapter}       counter    bytes fetched from object storage, per adapter
+    selora_adapter_fetch_seconds                    histogram  time per fetch from object storage (cache misses)
 
 Tiers. `host` is vLLM's LoRA cache in host memory (`--max-cpu-loras` LoRAModels, every resident
 adapter, including those in a slot); `slot` is the subset copied into the `--max-loras` slots the
@@ -21,7 +23,8 @@ counted. Bytes are the adapter's own A/B tensors (vLLM preallocates the slot buf
 for an adapter held in spectral form (`host_cache`), its coefficients.
 
 Processes. Decodes, loads, evictions and residency happen in the engine's worker process; request
-counts are taken in the API server, where `OutputProcessor._finish_request` sees each finished
+counts and fetches from object storage (the resolver's, `remote.cached_copy`) are taken in the API
+server, where `OutputProcessor._finish_request` sees each finished
 request's LoRA name, prompt length and output tokens (requests the client aborted are not
 counted; with n > 1 the prompt and the request count once, the tokens of every choice count).
 `/metrics` is served by the API server, so `selora-serve` runs vLLM with prometheus-client's
@@ -50,6 +53,7 @@ from .host_cache import source_of
 logger = logging.getLogger("vllm.selora_serve")
 
 ENV_MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
+FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DECODE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 TIERS = ("slot", "host")
 SOURCES = ("selora", "peft")
@@ -106,9 +110,14 @@ def frontend_metrics() -> SimpleNamespace:
     """The API server's metric objects (per-adapter series appear with their first request)."""
     global _frontend
     if _frontend is None:
-        from prometheus_client import Counter
+        from prometheus_client import Counter, Histogram
 
         _frontend = SimpleNamespace(
+            fetch_bytes=Counter("selora_adapter_fetch_bytes", "Bytes of adapters fetched from object storage.",
+                                ["adapter"]),
+            fetch_seconds=Histogram("selora_adapter_fetch_seconds",
+                                    "Time to fetch one adapter from object storage into the local cache.",
+                                    buckets=FETCH_BUCKETS),
             requests=Counter("selora_adapter_requests", "Finished requests per adapter.", ["adapter"]),
             prompt_tokens=Counter("selora_adapter_prompt_tokens", "Prompt tokens per adapter.", ["adapter"]),
             generated_tokens=Counter("selora_adapter_generated_tokens", "Generated tokens per adapter.",
@@ -143,6 +152,13 @@ def count_finished(req_state) -> None:
         m.prompt_tokens.labels(adapter=adapter).inc(req_state.prompt_len or 0)
     if req_state.detokenizer is not None:
         m.generated_tokens.labels(adapter=adapter).inc(req_state.detokenizer.num_output_tokens())
+
+
+def observe_fetch(adapter: str, nbytes: int, seconds: float) -> None:
+    """One adapter fetched from object storage (a cache miss in the API server)."""
+    m = frontend_metrics()
+    m.fetch_bytes.labels(adapter=adapter).inc(nbytes)
+    m.fetch_seconds.observe(seconds)
 
 
 def count_tenant_request(tenant: str, status: int) -> None:

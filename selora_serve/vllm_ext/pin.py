@@ -107,6 +107,13 @@ HOOKS: tuple[Hook, ...] = (
     Hook("vllm.entrypoints.serve.engine.protocol", "ModelCard"),
     Hook("vllm.entrypoints.serve", "create_error_response"),
     Hook("vllm.exceptions", "VLLMValidationError"),
+    Hook("vllm.exceptions", "GracefulHTTPError.__init__", ("self", "message", "http_status"),
+         why="raised by the resolver for a store that cannot be reached: vLLM answers its http_status (503)"),
+    Hook(
+        "vllm.entrypoints.serve.exception_handling.error_response", "create_error_response", None,
+        ("isinstance(exc, GracefulHTTPError)", "status_code = exc.http_status"),
+        why="maps a GracefulHTTPError to its own status, not to 400/500",
+    ),
     Hook(
         "vllm.entrypoints.openai.models.serving", "OpenAIServingModels.resolve_lora", ("self", "lora_name"),
         ("resolver.resolve_lora(base_model_name, lora_name)",),

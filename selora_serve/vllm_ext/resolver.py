@@ -8,15 +8,19 @@ found), and validates a SeLoRA checkpoint against the served base model before r
 Contract with vLLM's `OpenAIServingModels.resolve_lora`: returning None means "not mine" (vLLM
 answers 404 if no resolver knows the name); an exception raised here propagates out of the
 request handler, and we raise vLLM's own `VLLMValidationError` so its exception handlers answer
-400 with an OpenAI-style body naming the adapter and the reason. (Returning the adapter and letting
-the engine fail would give only vLLM's generic "was found but could not be loaded".)
+400 with an OpenAI-style body naming the adapter and the reason, or, when an object store cannot
+be reached (`remote.StoreUnavailable`), its `GracefulHTTPError` so they answer 503. (Returning
+the adapter and letting the engine fail would give only vLLM's generic "was found but could not
+be loaded".) An adapter in object storage is fetched into the local adapter cache first
+(`remote.cached_copy`), in this process: the engine only ever sees local snapshots.
 
 The LoRARequest returned points at a private snapshot of the adapter (`store.snapshot`, under
-SELORA_SNAPSHOT_DIR), validated there. vLLM's worker reloads an adapter from its path whenever
-its host cache evicted it, inside a model step where a failure would stop the engine for every
-tenant; from the snapshot that reload cannot meet a file deleted, truncated or half-replaced in
-the store since. Snapshots are content-addressed and kept while the server runs: a request still
-in flight may make the worker reload an adapter after it was unloaded, from that path.
+SELORA_SNAPSHOT_DIR), validated in full on the bytes the snapshot copied (one pass). vLLM's worker
+reloads an adapter from its path whenever its host cache evicted it, inside a model step where a
+failure would stop the engine for every tenant; from the snapshot that reload cannot meet a file
+deleted, truncated or half-replaced in the store since. Snapshots are content-addressed and kept
+while the server runs: a request still in flight may make the worker reload an adapter after it
+was unloaded, from that path.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from pathlib import Path
 
 from ..envdir import env_scratch_dir
 from ..base_model import BaseFacts
-from .store import ENV_DIRS, AdapterError, AdapterStore, StoredAdapter, mark_verified, snapshot, validate
+from . import metrics
+from .snapshot import snapshot
+from .store import ENV_DIRS, AdapterError, AdapterStore
 
 logger = logging.getLogger("vllm.selora_serve")
 
@@ -58,19 +64,25 @@ def snapshot_root() -> Path:
     return _own_root
 
 
-def verified_snapshot(found: StoredAdapter, base, max_rank: int | None = None) -> Path:
-    """Snapshot `found` under `snapshot_root()`; a SeLoRA snapshot is then validated in full for
-    the base model `base` (a config or its BaseFacts) and marked verified. Raises AdapterError
-    naming `found.name` and the reason."""
-    start = time.perf_counter()
-    path = snapshot(found, snapshot_root())
-    copied = time.perf_counter()
-    if found.kind == "selora":
-        facts = BaseFacts.of(base)
-        validate(found.name, path, facts, max_rank=max_rank)
-        mark_verified(path, facts.fingerprint)
-    logger.info("snapshot of adapter %s in %.1f ms, verified in %.1f ms", found.name, 1e3 * (copied - start),
-                1e3 * (time.perf_counter() - copied))
+def verified_snapshot(found, base, max_rank: int | None = None, cache=None) -> Path:
+    """Snapshot `found` (a StoredAdapter, or a RemoteAdapter fetched first through `cache`, an
+    AdapterCache) under `snapshot_root()`; a SeLoRA snapshot is validated in full for the base
+    model `base` (a config or its BaseFacts) in the same pass and marked verified. Raises
+    AdapterError naming `found.name` and the reason (StoreUnavailable: 503), FileNotFoundError
+    if a remote adapter vanished from its bucket since it was listed."""
+    from .remote import RemoteAdapter, cached_copy
+
+    timings: dict[str, float] = {}
+    facts = BaseFacts.of(base) if found.kind == "selora" else None
+    if isinstance(found, RemoteAdapter):
+        with cached_copy(found, cache) as (local, fetched):
+            path = snapshot(local, snapshot_root(), base=facts, max_rank=max_rank, timings=timings)
+        if fetched.nbytes:
+            metrics.observe_fetch(found.name, fetched.nbytes, fetched.seconds)
+    else:
+        path = snapshot(found, snapshot_root(), base=facts, max_rank=max_rank, timings=timings)
+    logger.info("snapshot of adapter %s in %.1f ms, verified in %.1f ms", found.name, 1e3 * timings.get("copy", 0.0),
+                1e3 * timings.get("verify", 0.0))
     return path
 
 
@@ -82,8 +94,20 @@ def _base_facts(base_model_name: str) -> BaseFacts:
     return BaseFacts.of(AutoConfig.from_pretrained(base_model_name))
 
 
+def http_error(exc: AdapterError):
+    """The vLLM exception its API server answers with `exc.status` and an OpenAI-style body: 400
+    (VLLMValidationError) for a bad adapter, 503 (GracefulHTTPError) for a store that cannot be
+    reached, so that clients and load balancers retry."""
+    from http import HTTPStatus
+
+    from vllm.exceptions import GracefulHTTPError, VLLMValidationError
+
+    if exc.status == 503:
+        return GracefulHTTPError(str(exc), HTTPStatus.SERVICE_UNAVAILABLE)
+    return VLLMValidationError(str(exc), parameter="model")
+
+
 def _make_resolver_class():
-    from vllm.exceptions import VLLMValidationError
     from vllm.lora.request import LoRARequest
     from vllm.lora.resolver import LoRAResolver
 
@@ -96,7 +120,11 @@ def _make_resolver_class():
             found = self.store.find(lora_name)
             if found is None:
                 return None
-            path = verified_snapshot(found, _base_facts(base_model_name), self.max_rank)
+            try:
+                cache = self.store.cache if self.store.remote_roots else None
+                path = verified_snapshot(found, _base_facts(base_model_name), self.max_rank, cache)
+            except FileNotFoundError:
+                return None  # deleted from its bucket since it was listed
             # The id is a placeholder: vLLM assigns the real one before loading.
             return LoRARequest(lora_name=lora_name, lora_int_id=1, lora_path=str(path))
 
@@ -104,7 +132,7 @@ def _make_resolver_class():
             try:
                 return await asyncio.to_thread(self._resolve, base_model_name, lora_name)
             except AdapterError as exc:
-                raise VLLMValidationError(str(exc), parameter="model") from None
+                raise http_error(exc) from None
 
     return StoreResolver
 

@@ -1,7 +1,7 @@
-"""The adapter store: one or more directories whose sub-directories are adapters, found by name.
+"""The adapter store: directories and object-storage prefixes whose sub-directories are adapters.
 
-    store = AdapterStore(["/srv/adapters", "/srv/more"])
-    found = store.find("support-bot")      # -> StoredAdapter | None; raises AdapterNameError
+    store = AdapterStore(["/srv/adapters", "s3://bucket/prod"])
+    found = store.find("support-bot")      # -> StoredAdapter | RemoteAdapter | None; AdapterNameError
     validate(found.name, found.path, base)  # -> Manifest; raises AdapterError naming the reason
 
 A name is a relative path of one or more components ("support-bot", "team/support-bot"); the
@@ -10,44 +10,50 @@ system is touched (absolute paths, "..", ".", empty components, backslashes, NUL
 whose real path (symlinks resolved) lies outside its root is refused too, so a symlink inside
 the store cannot expose files elsewhere. A directory is an adapter if it holds a SeLoRA manifest
 (selora_config.json) or a dense PEFT LoRA (adapter_config.json); SeLoRA wins if it has both.
+Roots given as s3://BUCKET/PREFIX are `remote.S3Root`s, laid out the same way; their adapters
+(`remote.RemoteAdapter`) are fetched into the store's `cache` (`adapter_cache.AdapterCache`) and
+snapshotted from there (`remote.cached_copy`).
 
-The store reads the file system on every `find`, so adapters copied in while a server runs are
-found on their first request. It imports nothing from vLLM.
+The store reads the file system (or LISTs the bucket) on every `find`, so adapters copied in
+while a server runs are found on their first request. It imports nothing from vLLM.
 
-`snapshot(found, root)` copies an adapter's files into a private directory, reading them through
-one open descriptor of the adapter's directory: a directory swapped by rename mid-copy (as every
-atomic write here does) yields the old files or the new ones, never some of each. The server
-validates and loads that copy, so what was validated is what vLLM loads, and an adapter deleted
-or replaced in the store later changes nothing until it is unloaded and requested again.
-`mark_verified` then records, inside the snapshot, the base model it was fully verified against;
-the engine's worker, which decodes the snapshot inside the engine loop (every tenant waits),
-skips the checks that read every value for a snapshot so marked (`is_verified`).
+Snapshots (the private copies the engine loads) are `snapshot`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
+import logging
 import os
-import shutil
-import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
-from urllib.parse import quote
 
-from ..atomic import atomic_file
 from ..checkpoint import COEF_FILE, CONFIG_FILE, CheckpointError, Manifest, is_selora_checkpoint, load_checkpoint
-from ..checkpoint.format import read_manifest
+from ..checkpoint.format import check_against_base, check_coefficients, parse_manifest, read_manifest
 from ..peft_io import PEFT_CONFIG
 
-ENV_DIRS = "SELORA_ADAPTER_DIRS"  # os.pathsep-separated store roots, set by `selora-serve`
+ENV_DIRS = "SELORA_ADAPTER_DIRS"  # the store roots, set by `selora-serve` (see AdapterStore.to_env)
+ENV_CACHE_DIR = "SELORA_ADAPTER_CACHE_DIR"  # where remote adapters are cached (--adapter-cache-dir)
+ENV_CACHE_BYTES = "SELORA_ADAPTER_CACHE_BYTES"  # its size bound (--adapter-cache-bytes)
+DEFAULT_CACHE_BYTES = 16 << 30
 MAX_NAME_LENGTH = 255
 MAX_SNAPSHOT_BYTES = 8 << 30  # an adapter directory larger than this is refused, not copied
 SEDORA_REFUSAL = (
     "SeDoRA (DoRA) adapters cannot fill a LoRA slot (vLLM has no DoRA); serve it merged into the base "
     "model instead: selora-serve --merge CKPT --model BASE"
 )
+
+
+logger = logging.getLogger("vllm.selora_serve")
+
+
+def cache_dir(environ=os.environ) -> Path:
+    """SELORA_ADAPTER_CACHE_DIR, else ~/.cache/selora-serve/adapters (XDG_CACHE_HOME honoured)."""
+    if environ.get(ENV_CACHE_DIR):
+        return Path(environ[ENV_CACHE_DIR])
+    base = environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "selora-serve" / "adapters"
 
 
 class AdapterError(ValueError):
@@ -70,6 +76,20 @@ class StoredAdapter:
     path: Path  # real path, inside `root`
     root: Path
     kind: Literal["selora", "peft"]
+    # Set for a directory whose files are never changed or replaced (an adapter cache entry,
+    # `adapter_cache`): its version key. `snapshot` then hard-links its files instead of copying.
+    version: str | None = None
+
+
+def _find_local(root: Path, name: str, parts: tuple[str, ...]) -> "StoredAdapter | None":
+    candidate = root.joinpath(*parts)
+    if not candidate.is_dir():
+        return None
+    real = candidate.resolve()
+    if real != root and root not in real.parents:
+        raise AdapterNameError(name, "refused: it is a link to a directory outside the adapter store")
+    kind = _kind(real)
+    return StoredAdapter(name, real, root, kind) if kind is not None else None
 
 
 def check_name(name: str) -> tuple[str, ...]:
@@ -102,145 +122,140 @@ def _kind(path: Path) -> Literal["selora", "peft"] | None:
 
 
 class AdapterStore:
-    def __init__(self, roots: Sequence[str | Path]):
+    """Store roots in order: local directories (Path) and object-storage roots (`remote.S3Root`,
+    from "s3://BUCKET/PREFIX"). Remote adapters are fetched into `cache` (an AdapterCache; by
+    default under SELORA_ADAPTER_CACHE_DIR, created on first use) before they are snapshotted."""
+
+    def __init__(self, roots: Sequence[str | Path], cache=None):
+        from .remote import S3Root, is_remote
+
         if not roots:
             raise ValueError("an adapter store needs at least one directory")
-        resolved = []
+        resolved: list = []
         for root in roots:
+            if is_remote(root):
+                resolved.append(S3Root(str(root)))
+                continue
             path = Path(root).expanduser()
             if not path.is_dir():
                 raise NotADirectoryError(f"{path}: adapter store directory not found")
             resolved.append(path.resolve())
-        self.roots: tuple[Path, ...] = tuple(resolved)
+        self.roots: tuple = tuple(resolved)
+        self._cache = cache
+
+    @property
+    def remote_roots(self) -> list:
+        return [r for r in self.roots if not isinstance(r, Path)]
+
+    @property
+    def cache(self):
+        if self._cache is None:
+            from .adapter_cache import AdapterCache, parse_size
+
+            self._cache = AdapterCache(cache_dir(), parse_size(os.environ.get(ENV_CACHE_BYTES) or DEFAULT_CACHE_BYTES))
+        return self._cache
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "AdapterStore | None":
         value = (os.environ if environ is None else environ).get(ENV_DIRS, "")
-        roots = [r for r in value.split(os.pathsep) if r]
+        roots = json.loads(value) if value.startswith("[") else [r for r in value.split(os.pathsep) if r]
         return cls(roots) if roots else None
 
     def to_env(self) -> str:
-        return os.pathsep.join(str(r) for r in self.roots)
+        """The value of SELORA_ADAPTER_DIRS: os.pathsep-separated directories, or a JSON list
+        when a root is a URL (which holds a colon)."""
+        names = [str(r) if isinstance(r, Path) else r.url for r in self.roots]
+        return json.dumps(names) if self.remote_roots else os.pathsep.join(names)
 
-    def find(self, name: str) -> StoredAdapter | None:
-        """The adapter called `name`, or None if no root holds one by that name."""
+    def check_remote(self) -> dict[str, str]:
+        """Ask every remote root once: {url: reason} for those that cannot be reached now;
+        ValueError for one that is misconfigured (`remote.S3Root.check`)."""
+        return {root.url: reason for root in self.remote_roots if (reason := root.check()) is not None}
+
+    def find(self, name: str) -> "StoredAdapter | RemoteAdapter | None":
+        """The adapter called `name`, or None if no root holds one by that name.
+
+        A remote root that cannot be asked (StoreUnavailable) answers with the version of `name`
+        last fetched from it, if the cache still holds it; else the error propagates (a 503):
+        a later root is not asked, since the first root that holds a name wins."""
         parts = check_name(name)
         for root in self.roots:
-            candidate = root.joinpath(*parts)
-            if not candidate.is_dir():
-                continue
-            real = candidate.resolve()
-            if real != root and root not in real.parents:
-                raise AdapterNameError(name, "refused: it is a link to a directory outside the adapter store")
-            kind = _kind(real)
-            if kind is not None:
-                return StoredAdapter(name, real, root, kind)
+            found = _find_local(root, name, parts) if isinstance(root, Path) else self._find_remote(root, name)
+            if found is not None:
+                return found
         return None
 
-    def adapters(self) -> dict[str, StoredAdapter]:
+    def _find_remote(self, root, name: str):
+        from .remote import RemoteAdapter, StoreUnavailable
+
+        try:
+            return root.find(name)
+        except StoreUnavailable:
+            last = self.cache.last(f"{root.url}/{name}")
+            if last is None:
+                raise
+            logger.warning("adapter store %s unavailable: serving the cached copy of %s", root.url, name)
+            return RemoteAdapter(name, root, last["kind"], (), cached_key=last["key"])
+
+    def adapters(self) -> dict[str, "StoredAdapter | RemoteAdapter"]:
         """Every adapter in the store (top-level and one nesting level) by name, sorted; first
-        root wins. One file-system walk: listings use this rather than `find` per name."""
-        seen: dict[str, StoredAdapter] = {}
+        root wins. One file-system walk or LIST per root: listings use this rather than `find`
+        per name. A remote root that cannot be listed contributes its last listing."""
+        from .remote import StoreUnavailable
+
+        seen: dict = {}
         for root in self.roots:
+            if not isinstance(root, Path):
+                try:
+                    listed = root.adapters()
+                except StoreUnavailable:
+                    listed = root.last_listing()
+                for name, found in listed.items():
+                    seen.setdefault(name, found)
+                continue
             for name in _candidates(root):
                 if name in seen:
                     continue
                 try:
-                    found = self.find(name)
+                    found = _find_local(root, name, check_name(name))
                 except AdapterNameError:
                     continue
                 if found is not None:
                     seen[name] = found
         return dict(sorted(seen.items()))
 
+    def manifest(self, found) -> Manifest:
+        """The manifest of a SeLoRA adapter (CheckpointError if it does not read cleanly); for a
+        remote one from the cache if that version is there, else fetched (a small GET)."""
+        from .remote import RemoteAdapter
+
+        if not isinstance(found, RemoteAdapter):
+            return read_manifest(found.path)
+        if self.cache.has(found.key):
+            return read_manifest(self.cache.path(found.key))
+        return parse_manifest(Path(found.name), found.root.read(found, CONFIG_FILE))
+
     def names(self) -> list[str]:
         return list(self.adapters())
 
     def manifests(self) -> dict[str, Manifest]:
         """The manifests of every SeLoRA adapter whose manifest reads cleanly (cheap: JSON only)."""
-        out = {}
-        for name, found in self.adapters().items():
-            if found.kind == "selora":
-                try:
-                    out[name] = read_manifest(found.path)
-                except CheckpointError:
-                    continue
-        return out
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(found):
+            try:
+                return self.manifest(found)
+            except (CheckpointError, AdapterError):
+                return None
+
+        selora = {name: found for name, found in self.adapters().items() if found.kind == "selora"}
+        with ThreadPoolExecutor(8) as pool:  # remote manifests are one small GET each
+            read = dict(zip(selora, pool.map(one, selora.values())))
+        return {name: m for name, m in read.items() if m is not None}
 
     def max_rank(self, default: int = 8) -> int:
         ranks = [m.config.r for m in self.manifests().values()]
         return max(ranks) if ranks else default
-
-
-def snapshot(found: StoredAdapter, root: str | Path) -> Path:
-    """Copy `found`'s files (a SeLoRA checkpoint's two, every regular file of a PEFT one) into a
-    directory under `root` named by its name and content, consistently (see the module docstring).
-
-    Snapshots are content-addressed and never changed: loading the same bytes again reuses one,
-    so a server keeps one copy per adapter version it served. AdapterError if it cannot be read.
-    """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        dir_fd = os.open(found.path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
-        raise AdapterError(found.name, f"cannot open its directory ({exc.strerror})") from None
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".incoming-"))
-    digest = hashlib.sha256()
-    try:
-        names = (CONFIG_FILE, COEF_FILE) if found.kind == "selora" else sorted(os.listdir(dir_fd))
-        total = 0
-        for name in names:
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
-            except OSError:
-                continue  # missing: validation names the file; a link or unreadable entry is no part of it
-            with os.fdopen(fd, "rb") as src:
-                if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
-                    continue
-                digest.update(name.encode() + b"\0")
-                with open(tmp / name, "wb") as dst:
-                    while chunk := src.read(1 << 20):
-                        total += len(chunk)
-                        if total > MAX_SNAPSHOT_BYTES:
-                            raise AdapterError(found.name, f"adapter directory larger than {MAX_SNAPSHOT_BYTES} bytes")
-                        digest.update(chunk)
-                        dst.write(chunk)
-        # any name (vLLM's lora_name is free text) becomes one safe, bounded path component
-        final = root / f"{quote(found.name, safe='')[:100]}-{digest.hexdigest()[:16]}"
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # the same bytes were snapshotted before
-        return final
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        os.close(dir_fd)
-
-
-VERIFIED_MARK = ".selora-verified"  # in a snapshot: the fingerprint of the base it was verified for
-
-
-def mark_verified(path: str | Path, fingerprint: str) -> None:
-    """Record in the snapshot at `path` that it passed `validate` for the base `fingerprint`.
-
-    Written to a temporary name and renamed: a reader sees the whole mark or none. Not synced
-    to disk: snapshots live as long as the server process.
-    """
-    with atomic_file(Path(path) / VERIFIED_MARK, "w", durable=False) as fh:
-        fh.write(fingerprint)
-
-
-def is_verified(path: str | Path, fingerprint: str) -> bool:
-    """True if the snapshot at `path` was marked verified for the base `fingerprint`."""
-    try:
-        return (Path(path) / VERIFIED_MARK).read_text() == fingerprint
-    except OSError:
-        return False
 
 
 def _candidates(root: Path) -> Iterable[str]:
@@ -255,6 +270,16 @@ def _candidates(root: Path) -> Iterable[str]:
                     yield f"{child.name}/{grandchild.name}"
 
 
+def _check_servable(name: str, manifest: Manifest, max_rank: int | None) -> None:
+    if manifest.config.variant == "sedora":
+        raise AdapterError(name, SEDORA_REFUSAL)
+    if max_rank is not None and manifest.config.r > max_rank:
+        raise AdapterError(
+            name, f"rank r={manifest.config.r} exceeds the server's max LoRA rank {max_rank}; "
+            "restart with a larger --max-lora-rank",
+        )
+
+
 def validate(name: str, path: str | Path, base_config, *, max_rank: int | None = None) -> Manifest:
     """Fully validate the SeLoRA checkpoint at `path` for the base model `base_config`.
 
@@ -264,14 +289,27 @@ def validate(name: str, path: str | Path, base_config, *, max_rank: int | None =
     """
     try:
         manifest = read_manifest(path)
-        if manifest.config.variant == "sedora":
-            raise AdapterError(name, SEDORA_REFUSAL)
-        if max_rank is not None and manifest.config.r > max_rank:
-            raise AdapterError(
-                name, f"rank r={manifest.config.r} exceeds the server's max LoRA rank {max_rank}; "
-                "restart with a larger --max-lora-rank",
-            )
+        _check_servable(name, manifest, max_rank)
         load_checkpoint(path, base_config=base_config, manifest=manifest)
+    except CheckpointError as exc:
+        raise AdapterError(name, describe(exc)) from None
+    return manifest
+
+
+def validate_bytes(name: str, where: str | Path, config: bytes | None, coefficients: bytes | None, base_config, *,
+                   max_rank: int | None = None) -> Manifest:
+    """`validate` on a SeLoRA checkpoint's two files given as bytes (None: the file is missing);
+    `where` is the directory they came from, named in errors (by file name only)."""
+    where = Path(where)
+    try:
+        if config is None:
+            raise CheckpointError(where / CONFIG_FILE, "(file)", "missing: not a SeLoRA checkpoint directory")
+        if coefficients is None:
+            raise CheckpointError(where / COEF_FILE, "(file)", "missing")
+        manifest = parse_manifest(where, config)
+        _check_servable(name, manifest, max_rank)
+        check_against_base(manifest, base_config)
+        check_coefficients(manifest, coefficients)
     except CheckpointError as exc:
         raise AdapterError(name, describe(exc)) from None
     return manifest

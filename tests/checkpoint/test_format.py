@@ -259,3 +259,63 @@ def test_killed_write_leaves_no_partial_checkpoint(checkpoints, tmp_path):
     assert not list(tmp_path.glob(".killed.tmp-*"))
     load_checkpoint(out)
 
+
+
+def test_header_only_check_is_never_laxer_than_safetensors(checkpoints):
+    """`safetensors_layout` (the API process's copy-free check) accepts a file only if
+    safetensors itself loads it: the engine's worker must never meet a file the check passed
+    and safetensors refuses. Hundreds of damaged variants of a real coefficient file."""
+    import json as _json
+    import random
+
+    from safetensors.torch import load
+
+    from selora_serve.checkpoint import COEF_FILE
+    from selora_serve.checkpoint.format import safetensors_layout
+
+    data = (checkpoints["haar"] / COEF_FILE).read_bytes()
+    want = {k: (v.dtype, tuple(v.shape)) for k, v in load(data).items()}
+    got = safetensors_layout(data)
+    assert {k: (getattr(torch, {"F32": "float32"}[d]), s) for k, (d, s) in got.items()} == want
+    n = int.from_bytes(data[:8], "little")
+    header = _json.loads(data[8:8 + n])
+    rng = random.Random(0)
+
+    def with_header(h: dict) -> bytes:
+        raw = _json.dumps(h).encode()
+        return len(raw).to_bytes(8, "little") + raw + data[8 + n:]
+
+    variants = [data[:k] for k in (0, 7, 8, 20, 8 + n - 1, 8 + n, len(data) - 4, len(data) - 1)]
+    variants += [data + b"\0" * 4, (n + 4).to_bytes(8, "little") + data[8:], (10**9).to_bytes(8, "little") + data[8:]]
+    for _ in range(150):  # flipped bytes in the header
+        b = bytearray(data)
+        for _ in range(rng.randint(1, 3)):
+            b[rng.randrange(0, 8 + n)] ^= 1 << rng.randrange(8)
+        variants.append(bytes(b))
+    names = [k for k in header if k != "__metadata__"]
+    for _ in range(100):  # plausible but wrong headers
+        h = _json.loads(_json.dumps(header))
+        name, what = rng.choice(names), rng.randrange(6)
+        if what == 0:
+            h[name]["data_offsets"][rng.randrange(2)] += rng.choice((-4, 4))
+        elif what == 1:
+            h[name]["shape"] = [h[name]["shape"][0] + rng.choice((-1, 1))]
+        elif what == 2:
+            h[name]["dtype"] = rng.choice(("F16", "BF16", "I32", "F64", "X9"))
+        elif what == 3:
+            del h[name]
+        elif what == 4:
+            h[name]["extra"] = 1
+        else:
+            other = rng.choice(names)
+            h[name]["data_offsets"], h[other]["data_offsets"] = h[other]["data_offsets"], h[name]["data_offsets"]
+        variants.append(with_header(h))
+    accepted = 0
+    for v in variants:
+        try:
+            safetensors_layout(v)
+        except ValueError:
+            continue
+        accepted += 1
+        load(v)  # must not raise
+    assert accepted >= 2, "some variants (e.g. swapped offsets of equal-sized tensors) are valid files"

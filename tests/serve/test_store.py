@@ -9,16 +9,7 @@ import pytest
 from selora_serve.base_model import load_config
 from selora_serve.checkpoint import COEF_FILE, CONFIG_FILE
 from selora_serve.convert import to_peft
-from selora_serve.vllm_ext.store import (
-    AdapterError,
-    AdapterNameError,
-    AdapterStore,
-    check_name,
-    is_verified,
-    mark_verified,
-    snapshot,
-    validate,
-)
+from selora_serve.vllm_ext.store import AdapterError, AdapterNameError, AdapterStore, check_name, validate
 
 
 @pytest.fixture
@@ -101,39 +92,3 @@ def test_sedora_is_refused_for_slots_with_the_merge_hint(tiny_model, tmp_path):
         validate("dora", ckpt, load_config(tiny_model))
     with pytest.raises(ValueError, match=r"dora: SeDoRA \(DoRA\) adapters cannot fill a LoRA slot"):
         peft_config_for(str(ckpt))
-
-
-def test_worker_skips_value_checks_only_for_a_snapshot_verified_for_its_base(checkpoints, tiny_model, tmp_path):
-    """The worker decodes inside the engine loop: it trusts a snapshot the API process verified
-    and marked for the same base model, and verifies anything else in full."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from selora_serve.base_model import BaseFacts
-    from selora_serve.checkpoint import CheckpointError
-    from selora_serve.peft_io import dense_state_dict
-    from selora_serve.vllm_ext.loading import load_verified
-
-    facts = BaseFacts.of(load_config(tiny_model))
-    modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-
-    def decode_tensors(path, facts, modules):  # what the worker loads and decodes
-        return dense_state_dict(load_verified(path, facts, modules)[0])
-    good = snapshot(AdapterStore([checkpoints["haar"].parent]).find("haar"), tmp_path / "snapshots")
-    want = decode_tensors(str(good), facts, modules)
-    assert not is_verified(good, facts.fingerprint)
-    mark_verified(good, facts.fingerprint)
-    assert is_verified(good, facts.fingerprint) and not is_verified(good, "0" * 64)
-    got = decode_tensors(str(good), facts, modules)
-    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
-
-    bad = shutil.copytree(checkpoints["haar"], tmp_path / "bad")
-    tensors = load_file(str(bad / COEF_FILE))
-    key = next(k for k in tensors if k.endswith("coef_a"))
-    tensors[key][0] = float("nan")
-    save_file(tensors, str(bad / COEF_FILE))
-    mark_verified(bad, "0" * 64)  # verified for another base: no trust
-    with pytest.raises(CheckpointError, match="NaN/Inf"):
-        decode_tensors(str(bad), facts, modules)
-    mark_verified(bad, facts.fingerprint)  # what the resolver writes only after `validate`
-    assert decode_tensors(str(bad), facts, modules)
