@@ -222,6 +222,11 @@ def run(sizes: Sizes, seeds: list[int], progress: bool) -> dict:
     }
 
 
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
 def summarise(runs: list[dict]) -> list[dict]:
     by_method: dict[str, list[dict]] = {}
     for r in runs:
@@ -230,12 +235,8 @@ def summarise(runs: list[dict]) -> list[dict]:
     ref_cpu = statistics.mean(r["median_step_cpu_seconds"] for r in reference)
     out = []
     for method, rs in by_method.items():
-        def mean_sd(key):
-            values = [r[key] for r in rs]
-            return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-        loss, loss_sd = mean_sd("eval_loss")
-        exact, exact_sd = mean_sd("exact_match")
+        loss, loss_sd = mean_sd([r["eval_loss"] for r in rs])
+        exact, exact_sd = mean_sd([r["exact_match"] for r in rs])
         step = statistics.mean(r["median_step_seconds"] for r in rs)
         cpu = statistics.mean(r["median_step_cpu_seconds"] for r in rs)
         out.append({

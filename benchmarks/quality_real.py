@@ -43,6 +43,10 @@ from pathlib import Path
 
 import torch
 
+try:  # as a module (tests) or as a script
+    from benchmarks.quality import mean_sd
+except ImportError:
+    from quality import mean_sd
 from selora_serve.atomic import write_json
 from selora_serve.config import SeLoRAConfig
 from selora_serve.spectral.omega import num_coefficients
@@ -230,13 +234,8 @@ def summarise(runs: list[dict], lrs: dict[str, float]) -> list[dict]:
     out = []
     for method, lr in lrs.items():
         rs = [r for r in runs if r["method"] == method and r["lr"] == lr]
-
-        def mean_sd(key):
-            values = [r[key] for r in rs]
-            return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-        acc, acc_sd = mean_sd("heldout_accuracy")
-        loss, loss_sd = mean_sd("heldout_loss")
+        acc, acc_sd = mean_sd([r["heldout_accuracy"] for r in rs])
+        loss, loss_sd = mean_sd([r["heldout_loss"] for r in rs])
         step = statistics.median(r["s_per_step"] for r in rs)
         out.append({
             "method": method, "lr": lr, "seeds": len(rs), "trainable_params": rs[0]["trainable_params"],

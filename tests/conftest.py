@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny local model per session, and adapters made for it."""
+"""Shared fixtures: one tiny local model per session, and adapters made for it; the real model."""
 
 from __future__ import annotations
 
@@ -16,6 +16,20 @@ def tiny_model(tmp_path_factory) -> Path:
     from selora_serve.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def real_model(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face directory, exported once per session (about 20 s);
+    tests that use it are skipped where the `real` extra is not installed."""
+    from selora_serve.models import MODELS, MissingExtraError, export
+
+    try:
+        MODELS["smollm2"].path()
+        import gguf  # noqa: F401
+    except (MissingExtraError, ImportError) as exc:
+        pytest.skip(f"the real-model extra is not installed: {exc}")
+    return export("smollm2", tmp_path_factory.mktemp("real") / "smollm2", log=lambda m: None)
 
 
 ADAPTER_KINDS = {

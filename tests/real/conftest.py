@@ -1,7 +1,7 @@
 """The real pretrained model, SmolLM2-135M-Instruct, for the tests whose claim is about real models.
 
-One export per session (`python -m selora_serve.models smollm2`, about 20 s), its adapters, and
-one `selora-serve` over it (float32, CPU). The store holds a random-B SeLoRA adapter per basis
+The model itself is the session fixture `real_model` (tests/conftest.py); here are its adapters
+and one `selora-serve` over it (float32, CPU). The store holds a random-B SeLoRA adapter per basis
 (haar, db4, fourier) on q, k, v, up, down, and the three demo adapters this package ships, which
 were trained on this model. Skipped where the `real` extra is not installed (`make setup`
 installs it).
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ..serve.conftest import start_server, stop_server
+from ..serve.conftest import reference_outputs, start_server, stop_server
 
 REAL_NAME = "smollm2"
 REAL_KINDS = {
@@ -22,18 +22,6 @@ REAL_KINDS = {
     "real-db4": dict(basis="wavelet", wavelet="db4"),
     "real-fourier": dict(basis="fourier", wavelet=None),
 }
-
-
-@pytest.fixture(scope="session")
-def real_model(tmp_path_factory) -> Path:
-    from selora_serve.models import MODELS, MissingExtraError, export
-
-    try:
-        MODELS["smollm2"].path()
-        import gguf  # noqa: F401
-    except (MissingExtraError, ImportError) as exc:
-        pytest.skip(f"the real-model extra is not installed: {exc}")
-    return export("smollm2", tmp_path_factory.mktemp("real") / "smollm2", log=lambda m: None)
 
 
 @pytest.fixture(scope="session")
@@ -71,25 +59,4 @@ def real_server(real_model, real_checkpoints, tmp_path_factory):
 @pytest.fixture(scope="session")
 def real_expected(real_model, tmp_path_factory):
     """real_expected(ckpt or None, prompts, max_new_tokens) -> transformers(+PEFT) greedy ids, memoised."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from selora_serve.convert import to_peft
-    from selora_serve.reference import greedy_tokens
-
-    tok = AutoTokenizer.from_pretrained(str(real_model))
-    root = tmp_path_factory.mktemp("real-expected")
-    cache: dict = {}
-
-    def run(ckpt: Path | None, prompts: tuple[str, ...], max_new_tokens: int) -> list[list[int]]:
-        key = (str(ckpt), prompts, max_new_tokens)
-        if key not in cache:
-            model = AutoModelForCausalLM.from_pretrained(str(real_model), dtype=torch.float32)
-            if ckpt is not None:
-                model = PeftModel.from_pretrained(model, str(to_peft(ckpt, root / f"peft-{len(cache)}")))
-            cache[key] = greedy_tokens(model.eval(), tok, list(prompts), max_new_tokens)
-        return cache[key]
-
-    run.tokenizer = tok
-    return run
+    return reference_outputs(real_model, tmp_path_factory.mktemp("real-expected"))

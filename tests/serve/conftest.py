@@ -101,34 +101,41 @@ def server(tiny_model, store, tmp_path_factory):
     stop_server(srv)
 
 
-@pytest.fixture(scope="session")
-def expected(tiny_model, tmp_path_factory):
-    """expected(ckpt or None, prompts) -> transformers(+PEFT) greedy token ids, memoised."""
+def reference_outputs(model_dir: Path, root: Path, default_tokens: int = MAX_NEW_TOKENS):
+    """run(ckpt or None, prompts, max_new_tokens=default) -> transformers(+PEFT) greedy token ids
+    for `model_dir` with the adapter converted by `selora-convert to-peft` (the independent
+    reference), memoised; `run.tokenizer` is the model's tokenizer."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from selora_serve.convert import to_peft
 
-    tok = AutoTokenizer.from_pretrained(str(tiny_model))
-    root = tmp_path_factory.mktemp("expected")
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
     cache: dict = {}
 
-    def run(ckpt: Path | None, prompts: tuple[str, ...]) -> list[list[int]]:
-        key = (str(ckpt), prompts)
+    def run(ckpt: Path | None, prompts: tuple[str, ...], max_new_tokens: int = default_tokens) -> list[list[int]]:
+        key = (str(ckpt), prompts, max_new_tokens)
         if key not in cache:
-            model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
             if ckpt is not None:
                 peft_dir = to_peft(ckpt, root / f"peft-{len(cache)}")
                 model = PeftModel.from_pretrained(model, str(peft_dir))
-            cache[key] = hf_greedy(model.eval(), tok, list(prompts))
+            cache[key] = hf_greedy(model.eval(), tok, list(prompts), max_new_tokens)
         return cache[key]
 
     run.tokenizer = tok
     return run
 
 
-__all__ = ["BASE_NAME", "HOST_CACHE", "MAX_NEW_TOKENS", "PINNED", "SLOTS", "Server", "start_server", "stop_server"]
+@pytest.fixture(scope="session")
+def expected(tiny_model, tmp_path_factory):
+    """expected(ckpt or None, prompts) -> transformers(+PEFT) greedy token ids, memoised."""
+    return reference_outputs(tiny_model, tmp_path_factory.mktemp("expected"))
+
+
+__all__ = ["BASE_NAME", "HOST_CACHE", "MAX_NEW_TOKENS", "PINNED", "SLOTS", "Server", "reference_outputs",
+           "start_server", "stop_server"]
 
 
 # --- a real S3-protocol server (moto) on loopback, behind a fault-injecting proxy -------------

@@ -102,7 +102,7 @@ def test_forced_format_and_missing_file(tmp_path, tokenizer):
         load_examples(tmp_path / "nope.jsonl", tokenizer, max_len=64)
 
 
-@pytest.mark.parametrize("name, records", [("pirate", 228), ("terse", 211), ("extract", 240)])
+@pytest.mark.parametrize("name, records", [("pirate", 253), ("terse", 226), ("extract", 480)])
 def test_the_demo_adapters_data_loads(tokenizer, name, records):
     from pathlib import Path
 
