@@ -85,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def plan_from_args(args: argparse.Namespace, passthrough: list[str]):
-    from .plan import plan_guard
+    from .plan import guard_settings, plan_guard
 
+    # The guard's options first: they are cheap to check, and _plan's model check imports vLLM.
+    guard_settings(passthrough, args.tenants, args.max_body_bytes)
     return plan_guard(_plan(args, passthrough), args.tenants, args.max_body_bytes)
 
 
@@ -119,16 +121,14 @@ def _plan(args: argparse.Namespace, passthrough: list[str]):
 def launch(plan) -> None:
     """Run vLLM's OpenAI server in this process with `plan`'s argv and environment.
 
-    Inside `metrics.multiprocess_dir`: the adapter metrics taken in the engine's worker process
-    reach the API server's /metrics only through prometheus-client's multiprocess files. Inside
-    `resolver.snapshot_dir`: the private copies of loaded adapters go when the server does.
+    Inside `resolver.snapshot_dir`: the private copies of loaded adapters go when the server does.
+    The caller holds `metrics.multiprocess_dir` (see `main`).
     """
-    from selora_serve.vllm_ext.metrics import multiprocess_dir
     from selora_serve.vllm_ext.resolver import snapshot_dir
 
     os.environ.update(plan.env)
     sys.argv = ["selora-serve", *plan.argv]
-    with multiprocess_dir(), snapshot_dir():
+    with snapshot_dir():
         from vllm.entrypoints.launchers.api_server.entry import main as vllm_main
 
         vllm_main()
@@ -138,15 +138,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, passthrough = parser.parse_known_args(argv)
     from selora_serve.errors import USER_ERRORS
+    from selora_serve.vllm_ext.metrics import multiprocess_dir
 
-    try:
-        plan = plan_from_args(args, passthrough)
-    except USER_ERRORS as exc:
-        print(f"selora-serve: error: {exc}", file=sys.stderr)
-        return 2
-    for note in plan.notes:
-        print(f"selora-serve: {note}", file=sys.stderr)
-    launch(plan)
+    # The adapter metrics taken in the engine's worker reach the API server's /metrics only through
+    # prometheus-client's multiprocess files, and prometheus-client picks its storage when first
+    # imported: planning already imports vLLM (the model check asks its attention backend), so the
+    # directory must be set before that.
+    with multiprocess_dir():
+        try:
+            plan = plan_from_args(args, passthrough)
+        except USER_ERRORS as exc:
+            print(f"selora-serve: error: {exc}", file=sys.stderr)
+            return 2
+        for note in plan.notes:
+            print(f"selora-serve: {note}", file=sys.stderr)
+        launch(plan)
     return 0
 
 

@@ -189,22 +189,37 @@ def plan_store(
 def plan_guard(launch: Launch, tenants: str | None = None, max_body_bytes: int | None = None,
                environ=os.environ) -> Launch:
     """Add the request guard to `launch`; `tenants` (a TOML file) is validated now."""
+    env, notes = guard_settings(launch.argv, tenants, max_body_bytes, environ)
+    launch.env.update(env)
+    launch.notes.extend(notes)
+    return launch
+
+
+def guard_settings(argv: list[str], tenants: str | None = None, max_body_bytes: int | None = None,
+                   environ=os.environ) -> tuple[dict[str, str], list[str]]:
+    """The guard's environment and start-up notes for vLLM options `argv`; raises on bad options.
+
+    Cheap and vLLM-free, so the CLI runs it before anything that imports vLLM: a bad tenants file
+    is one line on stderr, not one line after vLLM's import-time log.
+    """
     from ..tenants import load_tenants
 
+    env: dict[str, str] = {}
+    notes: list[str] = []
     if tenants:
-        if has_option(launch.argv, "--api-key") or environ.get("VLLM_API_KEY"):
+        if has_option(argv, "--api-key") or environ.get("VLLM_API_KEY"):
             raise ValueError("--tenants replaces vLLM's --api-key (and VLLM_API_KEY): pass only one; the tenants "
                              "file's [admin] key_sha256 is the operator's key")
         loaded = load_tenants(tenants)
-        launch.env[ENV_TENANTS] = str(Path(tenants).resolve())
-        launch.notes.append(f"--tenants {tenants}: {len(loaded.tenants)} tenant(s), "
-                            f"admin key {'set' if loaded.admin else 'not set (admin routes refused)'}")
+        env[ENV_TENANTS] = str(Path(tenants).resolve())
+        notes.append(f"--tenants {tenants}: {len(loaded.tenants)} tenant(s), "
+                     f"admin key {'set' if loaded.admin else 'not set (admin routes refused)'}")
     if max_body_bytes is not None:
         if max_body_bytes < 1024:
             raise ValueError(f"--max-body-bytes {max_body_bytes}: expected at least 1024")
-        launch.env[ENV_MAX_BODY] = str(max_body_bytes)
-    launch.env["VLLM_PLUGINS"] = plugins_allowlist(environ)
-    return launch
+        env[ENV_MAX_BODY] = str(max_body_bytes)
+    env["VLLM_PLUGINS"] = plugins_allowlist(environ)
+    return env, notes
 
 
 def merged_dir(ckpt: str | Path, model: str | Path, cache: str | Path) -> Path:

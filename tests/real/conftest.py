@@ -50,7 +50,7 @@ def real_server(real_model, real_checkpoints, tmp_path_factory):
         shutil.copytree(ckpt, store / name)
     log = tmp_path_factory.mktemp("real-server") / "selora-serve.log"
     srv = start_server(["--model", str(real_model), "--adapters", str(store), "--served-model-name", REAL_NAME,
-                        "--max-loras", "3", "--max-cpu-loras", "6"], log)
+                        "--max-loras", "3", "--max-cpu-loras", "6"], log, timeout=600)
     srv.store = store
     yield srv
     stop_server(srv)

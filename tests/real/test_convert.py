@@ -38,8 +38,11 @@ def test_merge_equals_peft(real_model, real_checkpoints, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(str(real_model), dtype=torch.float32)
     peft = PeftModel.from_pretrained(base, str(to_peft(ckpt, tmp_path / "peft"))).eval()
     want = _logits(peft, tok)
-    assert (want - _logits(peft.get_base_model(), tok)).abs().max() > 1.0  # the adapter changes the output
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-4)
+    with peft.disable_adapter():
+        assert (want - _logits(peft, tok)).abs().max() > 1.0  # the adapter changes the output
+    # float32 through 30 layers: W0 x + B (A x) and (W0 + B A) x round differently, ~1e-5 of the logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
 
 
 @pytest.fixture(scope="module")

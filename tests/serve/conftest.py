@@ -42,9 +42,10 @@ def _wait_healthy(server: Server) -> None:
     launch.wait_healthy(server, STARTUP_TIMEOUT_S, "selora-serve")
 
 
-def start_server(args: list[str], log: Path, env: dict[str, str] | None = None) -> Server:
+def start_server(args: list[str], log: Path, env: dict[str, str] | None = None,
+                 timeout: float = STARTUP_TIMEOUT_S) -> Server:
     proc = launch.start(launch.selora_serve_command([*args, *launch.CPU_OPTIONS]), log, env=env,
-                        timeout=STARTUP_TIMEOUT_S, name="selora-serve")
+                        timeout=timeout, name="selora-serve")
     return Server(proc.url, proc.process, proc.log)
 
 
