@@ -186,7 +186,7 @@ def measure_real(store: str, env: dict, names: list[str], settings: dict, port: 
     cache = work / "server-cache"
     shutil.rmtree(cache, ignore_errors=True)
     args = ["--model", str(model), "--adapters", store, "--served-model-name", "base", "--max-loras", "2",
-            "--max-cpu-loras", "4", "--max-lora-rank", "32", "--gpu-memory-utilization", "0.1",
+            "--max-cpu-loras", "4", "--max-lora-rank", "32", "--kv-cache-memory-bytes", "512M",
             "--max-model-len", "512", "--enforce-eager", "--seed", "0"]
     if store.startswith("s3://"):
         args += ["--adapter-cache-dir", str(cache)]

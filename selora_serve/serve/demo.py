@@ -36,7 +36,7 @@ TINY_ADAPTERS = {
 }
 SERVED_NAME = {"smollm2": "smollm2", "tiny": "tiny-llama"}
 # CPU-friendly: vLLM's CPU backend reserves this share of RAM for the KV cache.
-DEMO_VLLM_OPTIONS = (("--max-model-len", "2048"), ("--enforce-eager", None), ("--gpu-memory-utilization", "0.1"))
+DEMO_VLLM_OPTIONS = (("--max-model-len", "2048"), ("--enforce-eager", None), ("--kv-cache-memory-bytes", "1G"))
 
 
 def demo_options(model: str) -> tuple[tuple[str, str | None], ...]:

@@ -28,7 +28,7 @@ STARTUP_TIMEOUT_S = 300
 HOST = "127.0.0.1"
 # What every CPU run here needs: vLLM's CPU backend takes this share of RAM for the KV cache,
 # has no CUDA graphs to capture, and a short context keeps the KV cache (and start-up) small.
-CPU_OPTIONS = ("--gpu-memory-utilization", "0.1", "--max-model-len", "256", "--enforce-eager", "--seed", "0")
+CPU_OPTIONS = ("--kv-cache-memory-bytes", "512M", "--max-model-len", "256", "--enforce-eager", "--seed", "0")
 
 
 @dataclass

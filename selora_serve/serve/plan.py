@@ -10,9 +10,10 @@ once here and its adapters cached under --adapter-cache-dir (SELORA_ADAPTER_CACH
 A default is added only when the user did not pass that vLLM option; anything the user passes
 reaches vLLM unchanged. Store mode enables LoRA with runtime updating (vLLM 0.32 consults LoRA
 resolvers only then), derives the rank limit and slot counts from the store, and on CPU runs
-float32 (vLLM's CPU backend has no bf16 kernels on many hosts) with 30 % of RAM for the KV cache
-(on CPU `--gpu-memory-utilization` is a fraction of RAM, and vLLM's 0.92 default fails to start
-whenever anything else uses memory). Merge mode merges one checkpoint
+float32 (vLLM's CPU backend has no bf16 kernels on many hosts) with a 2 GiB KV cache
+(`--kv-cache-memory-bytes`, unless the user passes it or `--gpu-memory-utilization`: on CPU the
+latter is a fraction of one NUMA node's memory less the model, so any fraction fails on some
+host: vLLM's 0.92 whenever anything else uses memory, 0.1 on a 9 GiB node with a 0.5 GiB model). Merge mode merges one checkpoint
 into the base weights once (cached by content) and serves that with LoRA off.
 
 Both modes refuse up front a model the engine would start with and then fail to run
@@ -98,7 +99,9 @@ def plugins_allowlist(environ=os.environ) -> str:
 
 
 # Defaults on a host without CUDA (see the module docstring), in both modes.
-CPU_DEFAULTS: tuple[tuple[str, str | None], ...] = (("--dtype", "float32"), ("--gpu-memory-utilization", "0.3"))
+CPU_DEFAULTS: tuple[tuple[str, str | None], ...] = (("--dtype", "float32"), ("--kv-cache-memory-bytes", "2G"))
+# A default is also left out when the user passed an option that replaces it.
+_REPLACES = {"--kv-cache-memory-bytes": ("--gpu-memory-utilization",)}
 
 
 def on_cpu() -> bool:
@@ -110,7 +113,7 @@ def on_cpu() -> bool:
 def _defaults(argv: list[str], defaults: list[tuple[str, str | None]], notes: list[str]) -> list[str]:
     out = []
     for flag, value in defaults:
-        if has_option(argv, flag):
+        if any(has_option(argv, f) for f in (flag, *_REPLACES.get(flag, ()))):
             continue
         out += [flag] if value is None else [flag, value]
         notes.append(f"{flag} {value}" if value is not None else flag)

@@ -25,7 +25,7 @@ def test_store_defaults_derive_from_the_store(checkpoints, tiny_model, tmp_path)
     assert argv[argv.index("--max-lora-rank") + 1] == "8"
     assert argv[argv.index("--max-loras") + 1] == "3" and argv[argv.index("--max-cpu-loras") + 1] == "3"
     assert argv[argv.index("--dtype") + 1] == "float32"
-    assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.3"
+    assert argv[argv.index("--kv-cache-memory-bytes") + 1] == "2G" and "--gpu-memory-utilization" not in argv
     assert launch.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "1"
     assert launch.env["SELORA_ADAPTER_DIRS"] == str(tmp_path.resolve())
 
@@ -37,7 +37,10 @@ def test_user_options_win_and_pass_through(checkpoints, tiny_model, tmp_path):
     assert argv[-len(user):] == user
     assert argv.count("--dtype") == 1 and not any(a.startswith("--max-loras") for a in argv[:-len(user)])
     on_gpu = plan_store(str(tiny_model), [str(tmp_path)], cpu=False).argv
-    assert "--dtype" not in on_gpu and "--gpu-memory-utilization" not in on_gpu  # vLLM's own defaults
+    assert "--dtype" not in on_gpu and "--kv-cache-memory-bytes" not in on_gpu  # vLLM's own defaults
+    # A fraction of memory the user chose replaces the KV cache default.
+    theirs = plan_store(str(tiny_model), [str(tmp_path)], ["--gpu-memory-utilization", "0.5"], cpu=True).argv
+    assert "--kv-cache-memory-bytes" not in theirs
     assert argv[argv.index("--max-cpu-loras") + 1] == "6"
 
 

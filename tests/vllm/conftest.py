@@ -18,7 +18,7 @@ def vllm_engine(tiny_model):
         max_lora_rank=8,
         max_loras=2,
         dtype="float32",
-        gpu_memory_utilization=0.1,
+        kv_cache_memory_bytes=512 * 2**20,
         max_model_len=256,
         enforce_eager=True,
         seed=0,

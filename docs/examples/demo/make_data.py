@@ -117,7 +117,7 @@ def base_answers(model_dir: str, prompts: list[str], max_new_tokens: int = 64) -
     """The base model's greedy answers to single-turn chat prompts (vLLM, batched)."""
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=model_dir, dtype="float32", max_model_len=512, gpu_memory_utilization=0.1, enforce_eager=True, seed=0)
+    llm = LLM(model=model_dir, dtype="float32", max_model_len=512, kv_cache_memory_bytes=1 << 30, enforce_eager=True, seed=0)
     outputs = llm.chat([[{"role": "user", "content": p}] for p in prompts],
                        SamplingParams(temperature=0, max_tokens=max_new_tokens))
     return [o.outputs[0].text.strip() for o in outputs]
