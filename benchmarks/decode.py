@@ -1,6 +1,6 @@
 """Decode time of a SeLoRA adapter against loading the same adapter as dense LoRA.
 
-For each basis, builds a LLaMA-3-8B-shaped adapter (r=32 on q,k,v,up,down, eta=0.6, random
+For each basis, builds an adapter of a model's shapes (`--shapes`: LLaMA-3-8B or SmolLM2-135M; r=32 on q,k,v,up,down, eta=0.6, random
 coefficients via `init_adapter(random_b=True)`), writes it as a dense PEFT LoRA safetensors file
 in a temporary directory, reads that file once (page cache warm), then times:
 
@@ -33,12 +33,13 @@ from safetensors.torch import load_file
 
 from selora_serve.adapter import BaseModelInfo, SpectralAdapter, init_adapter, materialise_adapter
 from selora_serve.atomic import write_json
-from selora_serve.base_model import LLAMA3_8B, config_from_dict, target_shapes
+from selora_serve.base_model import LLAMA3_8B, SMOLLM2_135M, config_from_dict, target_shapes
 from selora_serve.config import SeLoRAConfig
 from selora_serve.peft_io import DTYPES, PEFT_WEIGHTS, write_peft
 from selora_serve.spectral.materialise import clear_caches
 
 QUICK_LAYERS = 2
+SHAPES = {"llama3-8b": ("LLaMA-3-8B", LLAMA3_8B), "smollm2-135m": ("SmolLM2-135M", SMOLLM2_135M)}
 
 
 def hardware(devices: list[str]) -> dict:
@@ -57,15 +58,15 @@ def hardware(devices: list[str]) -> dict:
     return info
 
 
-def make_adapter(basis: str, layers: int) -> SpectralAdapter:
-    """LLaMA-3-8B shapes (all of its layers unless `layers` is smaller), random A and B."""
-    model = config_from_dict(dict(LLAMA3_8B, num_hidden_layers=layers))
+def make_adapter(basis: str, layers: int, shapes: str = "llama3-8b") -> SpectralAdapter:
+    """The model's shapes (all of its layers unless `layers` is smaller), random A and B."""
+    model = config_from_dict(dict(SHAPES[shapes][1], num_hidden_layers=layers))
     if basis == "fourier":
         config = SeLoRAConfig(basis="fourier", wavelet=None)
     else:
         config = SeLoRAConfig(basis="wavelet", wavelet=basis)
-    shapes = target_shapes(model, config.target_modules)
-    return init_adapter(config, BaseModelInfo("llama3-8b-shaped", "benchmark"), shapes, random_b=True)
+    targets = target_shapes(model, config.target_modules)
+    return init_adapter(config, BaseModelInfo(f"{shapes}-shaped", "benchmark"), targets, random_b=True)
 
 
 def load_dense(path: str, device: str) -> dict[str, torch.Tensor]:
@@ -92,8 +93,9 @@ def median_ms(fn: Callable[[], object], device: str, repeats: int) -> float:
     return statistics.median(timed(fn, device)[0] for _ in range(repeats))
 
 
-def bench_one(basis: str, device: str, dtype: str, layers: int, repeats: int, tmp: Path) -> dict:
-    adapter = make_adapter(basis, layers)
+def bench_one(basis: str, device: str, dtype: str, layers: int, repeats: int, tmp: Path,
+              shapes: str = "llama3-8b") -> dict:
+    adapter = make_adapter(basis, layers, shapes)
     torch_dtype = DTYPES[dtype]
     peft_dir = write_peft(adapter, tmp / f"{basis}-{dtype}", dtype=dtype)
     weights = str(peft_dir / PEFT_WEIGHTS)
@@ -113,6 +115,8 @@ def bench_one(basis: str, device: str, dtype: str, layers: int, repeats: int, tm
     )
     return {
         "basis": basis,
+        "shapes": shapes,
+        "threads": torch.get_num_threads(),
         "device": device,
         "dtype": dtype,
         "n_matrices": 2 * len(adapter.modules),
@@ -128,11 +132,11 @@ def bench_one(basis: str, device: str, dtype: str, layers: int, repeats: int, tm
     }
 
 
-def print_table(records: list[dict], info: dict, layers: int) -> None:
+def print_table(records: list[dict], info: dict, layers: int, shapes: str = "llama3-8b") -> None:
     print(f"hardware: {info['cpu']}, {info['cpu_count']} cores, torch {info['torch']} "
           f"({info['torch_threads']} threads)" + (f", {info['gpu']}" if "gpu" in info else ""))
     first = records[0]
-    print(f"adapter: LLaMA-3-8B shapes, {layers} layers, r=32 on q,k,v,up,down, eta=0.6: "
+    print(f"adapter: {SHAPES[shapes][0]} shapes, {layers} layers, r=32 on q,k,v,up,down, eta=0.6: "
           f"{first['n_matrices']} matrices, {first['dense_entries'] / 1e6:.1f}M dense entries "
           f"({first['dense_bytes'] / 2**20:.0f} MiB {first['dtype']}), "
           f"coefficients {first['coef_bytes'] / 2**20:.0f} MiB")
@@ -161,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch CPU threads (default: torch's choice, usually one per core)")
     parser.add_argument("--json", metavar="PATH", type=Path,
                         help="also write the records (a JSON list) to PATH, atomically")
+    parser.add_argument("--shapes", choices=tuple(SHAPES), default="llama3-8b",
+                        help="whose matrix shapes: llama3-8b (few large matrices) or smollm2-135m (the real "
+                             "model: 150 small ones, where per-matrix overheads show) (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK_LAYERS} layers of the same shapes, 2 repeats")
     args = parser.parse_args(argv)
@@ -171,17 +178,18 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--device cuda: no CUDA device is available")
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
-    layers = QUICK_LAYERS if args.quick else LLAMA3_8B["num_hidden_layers"]
+    layers = QUICK_LAYERS if args.quick else SHAPES[args.shapes][1]["num_hidden_layers"]
     repeats = 2 if args.quick else max(1, args.repeats)
     bases = [b.strip() for b in args.bases.split(",") if b.strip()]
 
     with tempfile.TemporaryDirectory(prefix="selora-bench-") as tmp:
-        records = [bench_one(b, d, args.dtype, layers, repeats, Path(tmp)) for d in devices for b in bases]
+        records = [bench_one(b, d, args.dtype, layers, repeats, Path(tmp), args.shapes) for d in devices for b in bases]
     info = hardware(devices)
-    print_table(records, info, layers)
+    print_table(records, info, layers, args.shapes)
     if args.json:
         write_json(args.json, records)
-    print(json.dumps({"benchmark": "decode", "hardware": info, "layers": layers, "results": records}))
+    print(json.dumps({"benchmark": "decode", "hardware": info, "shapes": args.shapes, "layers": layers,
+                      "results": records}))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,21 @@ LLAMA3_8B = dict(
     tie_word_embeddings=False,
 )
 
+# SmolLM2-135M-Instruct (`python -m selora_serve.models smollm2`): the real model of the tests.
+SMOLLM2_135M = dict(
+    model_type="llama",
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    vocab_size=49152,
+    max_position_embeddings=8192,
+    rope_theta=100000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+)
+
 
 def load_config(model_dir: str | Path):
     """The transformers config of a local model directory, with a clear error if absent."""

@@ -59,7 +59,7 @@ class Basis:
             return fourier.ifft2_real_fast(spectrum)
         if self.wavelet in ("haar", "db1"):
             return wavelet.haar_idwt2(spectrum, shape)
-        return wavelet.idwt2(spectrum, self.wavelet, shape)
+        return wavelet.separable_idwt2(spectrum, self.wavelet, shape)
 
     def inverse_reference(self, spectrum: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
         if self.name == "fourier":

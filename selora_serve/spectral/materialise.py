@@ -15,8 +15,9 @@ cast to the requested dtype at the end.
 The fast path never builds the spectrum. Per (layout, device) a `_Decoder` holds one index table
 that maps each slot of the transform's input, in the order the transform wants it, to its
 coefficient (or to a zero pad when masked): Haar's block order (`wavelet.haar_block_positions`),
-Fourier's even half-spectrum pairs (`fourier.even_half_positions`), or the plain spectrum for the
-other wavelets. Decoding is then, per chunk of matrices: copy the coefficients into a padded
+Fourier's even half-spectrum pairs (`fourier.even_half_positions`), the other wavelets'
+`wavelet.oriented_layout` (short side's bands by rows, then two GEMMs: `synthesise_oriented`),
+or the plain spectrum. Decoding is then, per chunk of matrices: copy the coefficients into a padded
 buffer, one `index_select`, the transform (Haar's butterfly writes straight into the output).
 On CPU chunks are sized to stay in cache, so the only full-size memory traffic is the output;
 on other devices one chunk covers the batch. The tables are built on first use and cached
@@ -222,6 +223,25 @@ class _HartleyDecoder(_Decoder):
         return fourier.hartley_fast(spectrum, self._new(gathered, dtype) if out is None else out)
 
 
+class _WaveletDecoder(_Decoder):
+    """Any other wavelet: gathered straight into `wavelet.oriented_layout`, then its two GEMMs."""
+
+    def __init__(self, layout: MatrixLayout, device: str):
+        rows, cols = layout.spectral_shape
+        flat = torch.arange(rows * cols).view(rows, cols)
+        super().__init__(layout, device, wavelet.oriented_layout(flat, layout.shape).numpy())
+        m, n = layout.shape
+        self.oriented = (cols, rows) if m > n else (rows, cols)
+        self.transposed = m > n
+
+    def finish(self, gathered, scratch, out, dtype):
+        oriented = gathered.view(gathered.shape[0], *self.oriented)
+        spatial = wavelet.synthesise_oriented(oriented, self.layout.basis.wavelet, self.layout.shape)
+        out = self._new(gathered, dtype) if out is None else out
+        (out.mT if self.transposed else out).copy_(spatial)
+        return out
+
+
 class _SpectrumDecoder(_Decoder):
     """Any other basis: gather the spectrum, then the basis's own inverse."""
 
@@ -240,6 +260,8 @@ def _decoder(layout: MatrixLayout, device: str) -> _Decoder:
         return _FourierDecoder(layout, device)
     if basis.wavelet in ("haar", "db1"):
         return _HaarDecoder(layout, device)
+    if basis.wavelet is not None:
+        return _WaveletDecoder(layout, device)
     return _SpectrumDecoder(layout, device)
 
 

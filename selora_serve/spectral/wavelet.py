@@ -92,6 +92,111 @@ def idwt2(spectrum: torch.Tensor, wavelet: str, shape: tuple[int, int]) -> torch
     return out[..., :m, :n].reshape(*lead, m, n)
 
 
+@lru_cache(maxsize=None)
+def _synthesis_filters(wavelet: str) -> torch.Tensor:
+    """(2, 1, L) float64: pywt's reconstruction filters (low, high) as conv_transpose1d weights."""
+    import pywt
+
+    w = pywt.Wavelet(validate_wavelet(wavelet))
+    return torch.tensor([w.rec_lo, w.rec_hi], dtype=torch.float64).unsqueeze(1)
+
+
+def _transposed_conv(approx: torch.Tensor, detail: torch.Tensor, wavelet: str) -> torch.Tensor:
+    """(..., h) bands -> (..., 2h + L - 2): the full synthesis, before pywt's crop.
+
+    pywt's idwt (any non-periodising mode) is the full convolution of the upsampled bands with
+    the reconstruction filters, from index L - 2 on: a stride-2 conv_transpose1d of the two
+    bands as two input channels. The plain form; `_synthesise_last` is the fast one.
+    """
+    filters = _synthesis_filters(wavelet).to(approx.device, approx.dtype)
+    lead, h = approx.shape[:-1], approx.shape[-1]
+    x = torch.stack([approx, detail], dim=-2).reshape(-1, 2, h)
+    full = torch.nn.functional.conv_transpose1d(x, filters, stride=2)
+    return full.reshape(*lead, full.shape[-1])
+
+
+_BLOCK = 16  # input positions per block of `_synthesise_last` (16-64 measure alike on CPU)
+
+
+@lru_cache(maxsize=64)
+def _block_synthesis(wavelet: str, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """(2 (B + L/2 - 1), 2 B): the 2B outputs of one block from its two bands' B + L/2 - 1 inputs."""
+    half = filter_length(wavelet) // 2
+    width = _BLOCK + half - 1
+    eye, zero = torch.eye(width, dtype=torch.float64), torch.zeros(width, width, dtype=torch.float64)
+    first = 2 * (half - 1)  # the first output a block's inputs determine completely
+    low = _transposed_conv(eye, zero, wavelet)[:, first : first + 2 * _BLOCK]
+    high = _transposed_conv(zero, eye, wavelet)[:, first : first + 2 * _BLOCK]
+    return torch.cat([low, high]).to(device, dtype)
+
+
+def _synthesise_last(pairs: torch.Tensor, wavelet: str, length: int) -> torch.Tensor:
+    """(..., 2, h) (approximation, detail) -> (..., length): the one-level 1D inverse DWT along
+    the last dim, `_transposed_conv(...)[..., L - 2 : L - 2 + length]`, as one matrix product.
+
+    The synthesis is a banded Toeplitz operator: cut the output into blocks of 2B, each is a
+    fixed (2B x 2(B + L/2 - 1)) matrix times its overlapping window of inputs, so every block of
+    every row of every matrix is one row of a single GEMM (about 3x faster than CPU
+    conv_transpose1d with two channels, which is poorly vectorised).
+    """
+    half = filter_length(wavelet) // 2
+    lead, h = pairs.shape[:-2], pairs.shape[-1]
+    blocks = -(-length // (2 * _BLOCK))
+    need = blocks * _BLOCK + half - 1  # inputs beyond these only reach outputs past `length`
+    x = pairs.reshape(-1, 2, h)
+    x = torch.nn.functional.pad(x, (0, max(0, need - h)))[..., :need]
+    windows = x.unfold(-1, _BLOCK + half - 1, _BLOCK).transpose(1, 2).reshape(-1, 2 * (_BLOCK + half - 1))
+    out = windows @ _block_synthesis(wavelet, str(x.device), x.dtype)
+    return out.reshape(x.shape[0], blocks * 2 * _BLOCK)[:, :length].reshape(*lead, length)
+
+
+@lru_cache(maxsize=256)
+def _short_synthesis(wavelet: str, bands: int, length: int, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """(length, 2 bands) = [G_low | G_high]: the 1D inverse DWT of a short axis as a matrix."""
+    eye = torch.eye(bands, dtype=torch.float64)
+    zero = torch.zeros_like(eye)
+    start = filter_length(wavelet) - 2
+    low = _transposed_conv(eye, zero, wavelet)[:, start : start + length].T
+    high = _transposed_conv(zero, eye, wavelet)[:, start : start + length].T
+    return torch.cat([low, high], dim=1).to(device, dtype).contiguous()
+
+
+def oriented_layout(spectrum: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """The tile rearranged for `synthesise_oriented`: transposed if the matrix is taller than
+    wide (the transform commutes with transposition: the tile of X^T is the tile of X,
+    transposed), then [[LL, HL], [LH, HH]]: rows by the short axis' band (pywt's LH = cH is
+    detail along the rows), columns by the long axis' band. A copy; decoders gather into it."""
+    m, n = shape
+    if m > n:
+        spectrum = spectrum.mT
+    ll, lh, hl, hh = split_bands(spectrum)
+    return tile_bands(ll, hl, lh, hh)
+
+
+def synthesise_oriented(oriented: torch.Tensor, wavelet: str, shape: tuple[int, int]) -> torch.Tensor:
+    """(..., 2h, 2w) `oriented_layout` -> (..., short, long) spatial matrix (transposed back by
+    the caller when the matrix is taller than wide). Differentiable.
+
+    One small GEMM synthesises the short side (the rank, for a LoRA factor) and leaves the two
+    column bands side by side, which is exactly the (approximation, detail) pairs the long side's
+    block-Toeplitz GEMM reads.
+    """
+    short, long = sorted(shape)
+    rows = oriented.shape[-2] // 2
+    synthesis = _short_synthesis(wavelet, rows, short, str(oriented.device), oriented.dtype)
+    columns = synthesis @ oriented  # (..., short, 2w): [column band low | column band high]
+    pairs = columns.view(*columns.shape[:-1], 2, columns.shape[-1] // 2)
+    return _synthesise_last(pairs, wavelet, long)
+
+
+def separable_idwt2(spectrum: torch.Tensor, wavelet: str, shape: tuple[int, int]) -> torch.Tensor:
+    """Any pywt discrete wavelet's inverse as two batched GEMMs: equal to `idwt2` (ptwt's), and
+    differentiable, batched over every leading dimension where ptwt pads and convolves matrix
+    by matrix."""
+    spatial = synthesise_oriented(oriented_layout(_as_ptwt_dtype(spectrum), shape), wavelet, shape)
+    return spatial.mT if shape[0] > shape[1] else spatial
+
+
 def haar_block_positions(spectral_shape: tuple[int, int]) -> np.ndarray:
     """Flat positions in a (2h, 2w) Haar spectrum, listed in "block order" (h, 2, w, 2).
 

@@ -5,11 +5,12 @@ The serving fast path (`spectral.materialise.materialise`) writes into prealloca
 tensor ops:
 
     Haar (the default basis)  scatter onto Omega, then the closed-form butterfly below
-    any other basis           `materialise_reference` (scatter, then ptwt / complex ifft2)
+    other wavelets            scatter, then `wavelet.separable_idwt2` (two batched GEMMs)
+    Fourier bases             `materialise_reference` (scatter, then the FFT)
 
-Haar gets its own path because ptwt's inverse runs on conv_transpose2d, whose CPU kernels are
-erratic for these skinny shapes (1 to 40 ms for one 32 x 128 matrix in our measurements), which
-made a tiny model's SeLoRA-W step ~10x slower than LoRA's. tests/training/test_layers.py pins
+Wavelets avoid ptwt's inverse, which runs on conv_transpose2d, whose CPU kernels are erratic for
+these skinny shapes (1 to 40 ms for one 32 x 128 matrix in our measurements), which made a tiny
+model's SeLoRA-W step ~10x slower than LoRA's. tests/training/test_layers.py pins
 every path to the fast one's values and its gradient to the fast one's Jacobian.
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..spectral.materialise import MatrixLayout, materialise_reference, scatter_spectrum
-from ..spectral.wavelet import split_bands
+from ..spectral.wavelet import separable_idwt2, split_bands
 
 
 def haar_inverse(spectrum: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -43,4 +44,6 @@ def decode(coef: torch.Tensor, layout: MatrixLayout) -> torch.Tensor:
     basis = layout.basis
     if basis.name == "wavelet" and basis.wavelet in ("haar", "db1"):
         return haar_inverse(scatter_spectrum(coef.float(), layout), layout.shape)
+    if basis.name == "wavelet":
+        return separable_idwt2(scatter_spectrum(coef.float(), layout), basis.wavelet, layout.shape)
     return materialise_reference(coef, layout)
