@@ -215,6 +215,16 @@ def check_against_base(manifest: Manifest, base_config) -> None:
             )
 
 
+def _check_tensor_names(file: Path, expected, found) -> None:
+    """The coefficient file holds exactly the manifest's tensors: else name the first odd one."""
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise CheckpointError(file, missing[0], f"tensor missing ({len(missing)} missing in all)")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise CheckpointError(file, extra[0], "unexpected tensor (not declared by the manifest)")
+
+
 def _expected_tensors(manifest: Manifest) -> dict[str, tuple[int]]:
     c = manifest.config
     out: dict[str, tuple[int]] = {}
@@ -242,12 +252,7 @@ def _read_tensors(manifest: Manifest, check_values: bool = True, data: bytes | N
         raise CheckpointError(file, "(file)", f"corrupt or truncated safetensors ({exc})") from None
     except OSError as exc:
         raise CheckpointError(file, "(file)", f"cannot read ({exc})") from None
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        raise CheckpointError(file, missing[0], f"tensor missing ({len(missing)} missing in all)")
-    extra = sorted(set(tensors) - set(expected))
-    if extra:
-        raise CheckpointError(file, extra[0], "unexpected tensor (not declared by the manifest)")
+    _check_tensor_names(file, expected, tensors)
     want_dtype = DTYPES[manifest.coefficient_dtype]
     for key, shape in expected.items():
         got = tensors[key]
@@ -343,12 +348,7 @@ def check_coefficients(manifest: Manifest, data: bytes) -> None:
     except ValueError as exc:
         raise CheckpointError(file, "(file)", f"corrupt or truncated safetensors ({exc})") from None
     expected = _expected_tensors(manifest)
-    missing = sorted(set(expected) - set(layout))
-    if missing:
-        raise CheckpointError(file, missing[0], f"tensor missing ({len(missing)} missing in all)")
-    extra = sorted(set(layout) - set(expected))
-    if extra:
-        raise CheckpointError(file, extra[0], "unexpected tensor (not declared by the manifest)")
+    _check_tensor_names(file, expected, layout)
     want = SAFETENSORS_DTYPES[manifest.coefficient_dtype]
     for key, shape in expected.items():
         dtype, got = layout[key]
