@@ -23,7 +23,7 @@ at a size this machine can run:
 Prints a table (machine and sizes stated) and, last, one JSON document; `--json PATH` writes it
 atomically after every run (with "complete": false until the end), so an interrupted run keeps
 what it measured. `--plot PATH` draws accuracy against trainable parameters. `--quick` is the
-suite's smoke run (two methods, a few steps). Default run: about 90 minutes on 2 CPU cores.
+suite's smoke run (two methods, a few steps). Default run: about 36 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
