@@ -85,11 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def plan_from_args(args: argparse.Namespace, passthrough: list[str]):
-    from .plan import guard_settings, plan_guard
+    from .plan import guard_settings, with_guard
 
     # The guard's options first: they are cheap to check, and _plan's model check imports vLLM.
-    guard_settings(passthrough, args.tenants, args.max_body_bytes)
-    return plan_guard(_plan(args, passthrough), args.tenants, args.max_body_bytes)
+    # (_plan adds no --api-key, so checking the user's options is checking the launch's.)
+    guard = guard_settings(passthrough, args.tenants, args.max_body_bytes)
+    return with_guard(_plan(args, passthrough), guard)
 
 
 def _plan(args: argparse.Namespace, passthrough: list[str]):

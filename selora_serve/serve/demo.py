@@ -35,7 +35,7 @@ TINY_ADAPTERS = {
     "demo-fourier": dict(basis="fourier", wavelet=None),
 }
 SERVED_NAME = {"smollm2": "smollm2", "tiny": "tiny-llama"}
-# CPU-friendly: vLLM's CPU backend reserves this share of RAM for the KV cache.
+# CPU-friendly: an explicit KV cache size (a share of memory fails on hosts with a small NUMA node).
 DEMO_VLLM_OPTIONS = (("--max-model-len", "2048"), ("--enforce-eager", None), ("--kv-cache-memory-bytes", "1G"))
 
 

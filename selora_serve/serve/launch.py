@@ -26,7 +26,8 @@ from typing import Mapping, Sequence
 
 STARTUP_TIMEOUT_S = 300
 HOST = "127.0.0.1"
-# What every CPU run here needs: vLLM's CPU backend takes this share of RAM for the KV cache,
+# What every CPU run here needs: an explicit KV cache size (vLLM's CPU backend would take a share
+# of one NUMA node's memory, which is negative on a small node once the model is loaded),
 # has no CUDA graphs to capture, and a short context keeps the KV cache (and start-up) small.
 CPU_OPTIONS = ("--kv-cache-memory-bytes", "512M", "--max-model-len", "256", "--enforce-eager", "--seed", "0")
 

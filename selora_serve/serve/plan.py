@@ -13,8 +13,9 @@ resolvers only then), derives the rank limit and slot counts from the store, and
 float32 (vLLM's CPU backend has no bf16 kernels on many hosts) with a 2 GiB KV cache
 (`--kv-cache-memory-bytes`, unless the user passes it or `--gpu-memory-utilization`: on CPU the
 latter is a fraction of one NUMA node's memory less the model, so any fraction fails on some
-host: vLLM's 0.92 whenever anything else uses memory, 0.1 on a 9 GiB node with a 0.5 GiB model). Merge mode merges one checkpoint
-into the base weights once (cached by content) and serves that with LoRA off.
+host: vLLM's 0.92 whenever anything else uses memory, 0.1 on a 9 GiB node with a 0.5 GiB
+model). Merge mode merges one checkpoint into the base weights once (cached by content) and
+serves that with LoRA off.
 
 Both modes refuse up front a model the engine would start with and then fail to run
 (`preflight`: e.g. an attention head size vLLM's CPU backend lacks).
@@ -192,7 +193,12 @@ def plan_store(
 def plan_guard(launch: Launch, tenants: str | None = None, max_body_bytes: int | None = None,
                environ=os.environ) -> Launch:
     """Add the request guard to `launch`; `tenants` (a TOML file) is validated now."""
-    env, notes = guard_settings(launch.argv, tenants, max_body_bytes, environ)
+    return with_guard(launch, guard_settings(launch.argv, tenants, max_body_bytes, environ))
+
+
+def with_guard(launch: Launch, settings: tuple[dict[str, str], list[str]]) -> Launch:
+    """`launch` with `guard_settings`' environment and notes added."""
+    env, notes = settings
     launch.env.update(env)
     launch.notes.extend(notes)
     return launch

@@ -16,8 +16,8 @@ The fast path never builds the spectrum. Per (layout, device) a `_Decoder` holds
 that maps each slot of the transform's input, in the order the transform wants it, to its
 coefficient (or to a zero pad when masked): Haar's block order (`wavelet.haar_block_positions`),
 Fourier's even half-spectrum pairs (`fourier.even_half_positions`), the other wavelets'
-`wavelet.oriented_layout` (short side's bands by rows, then two GEMMs: `synthesise_oriented`),
-or the plain spectrum. Decoding is then, per chunk of matrices: copy the coefficients into a padded
+`wavelet.oriented_layout` (short side's bands by rows, then two GEMMs: `synthesise_oriented`).
+Decoding is then, per chunk of matrices: copy the coefficients into a padded
 buffer, one `index_select`, the transform (Haar's butterfly writes straight into the output).
 On CPU chunks are sized to stay in cache, so the only full-size memory traffic is the output;
 on other devices one chunk covers the batch. The tables are built on first use and cached
@@ -242,15 +242,6 @@ class _WaveletDecoder(_Decoder):
         return out
 
 
-class _SpectrumDecoder(_Decoder):
-    """Any other basis: gather the spectrum, then the basis's own inverse."""
-
-    def finish(self, gathered, scratch, out, dtype):
-        spectrum = gathered.view(gathered.shape[0], *self.layout.spectral_shape)
-        result = self.layout.basis.inverse(spectrum, self.layout.shape)
-        return (self._new(gathered, dtype) if out is None else out).copy_(result)
-
-
 @lru_cache(maxsize=256)
 def _decoder(layout: MatrixLayout, device: str) -> _Decoder:
     basis = layout.basis
@@ -260,9 +251,7 @@ def _decoder(layout: MatrixLayout, device: str) -> _Decoder:
         return _FourierDecoder(layout, device)
     if basis.wavelet in ("haar", "db1"):
         return _HaarDecoder(layout, device)
-    if basis.wavelet is not None:
-        return _WaveletDecoder(layout, device)
-    return _SpectrumDecoder(layout, device)
+    return _WaveletDecoder(layout, device)
 
 
 def clear_caches() -> None:

@@ -115,6 +115,15 @@ def _transposed_conv(approx: torch.Tensor, detail: torch.Tensor, wavelet: str) -
     return full.reshape(*lead, full.shape[-1])
 
 
+def _unit_responses(wavelet: str, inputs: int, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high), each (inputs, length) float64: row i is the full synthesis of a unit
+    approximation (low) or detail (high) coefficient at input i, outputs start .. start + length."""
+    eye = torch.eye(inputs, dtype=torch.float64)
+    zero = torch.zeros_like(eye)
+    window = slice(start, start + length)
+    return _transposed_conv(eye, zero, wavelet)[:, window], _transposed_conv(zero, eye, wavelet)[:, window]
+
+
 _BLOCK = 16  # input positions per block of `_synthesise_last` (16-64 measure alike on CPU)
 
 
@@ -122,11 +131,8 @@ _BLOCK = 16  # input positions per block of `_synthesise_last` (16-64 measure al
 def _block_synthesis(wavelet: str, device: str, dtype: torch.dtype) -> torch.Tensor:
     """(2 (B + L/2 - 1), 2 B): the 2B outputs of one block from its two bands' B + L/2 - 1 inputs."""
     half = filter_length(wavelet) // 2
-    width = _BLOCK + half - 1
-    eye, zero = torch.eye(width, dtype=torch.float64), torch.zeros(width, width, dtype=torch.float64)
     first = 2 * (half - 1)  # the first output a block's inputs determine completely
-    low = _transposed_conv(eye, zero, wavelet)[:, first : first + 2 * _BLOCK]
-    high = _transposed_conv(zero, eye, wavelet)[:, first : first + 2 * _BLOCK]
+    low, high = _unit_responses(wavelet, _BLOCK + half - 1, first, 2 * _BLOCK)
     return torch.cat([low, high]).to(device, dtype)
 
 
@@ -153,12 +159,8 @@ def _synthesise_last(pairs: torch.Tensor, wavelet: str, length: int) -> torch.Te
 @lru_cache(maxsize=256)
 def _short_synthesis(wavelet: str, bands: int, length: int, device: str, dtype: torch.dtype) -> torch.Tensor:
     """(length, 2 bands) = [G_low | G_high]: the 1D inverse DWT of a short axis as a matrix."""
-    eye = torch.eye(bands, dtype=torch.float64)
-    zero = torch.zeros_like(eye)
-    start = filter_length(wavelet) - 2
-    low = _transposed_conv(eye, zero, wavelet)[:, start : start + length].T
-    high = _transposed_conv(zero, eye, wavelet)[:, start : start + length].T
-    return torch.cat([low, high], dim=1).to(device, dtype).contiguous()
+    low, high = _unit_responses(wavelet, bands, filter_length(wavelet) - 2, length)
+    return torch.cat([low.T, high.T], dim=1).to(device, dtype).contiguous()
 
 
 def oriented_layout(spectrum: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
