@@ -17,8 +17,8 @@ Two parts, each timing SeLoRA and dense alternately (A B B A), cold every time:
            the same pass), then the worker's parse + decode (SeLoRA: `dense_state_dict`) or load
            of the dense safetensors file. Total = what the two systems pay before vLLM builds
            its LoRAModel from the tensors (the same for both).
-  real     the real model (/work/cache/smollm2, SmolLM2-135M-Instruct; r = 32 on q, k, v, up,
-           down; adapters from `init_checkpoint --random-b` and their `to-peft` twins, as
+  real     the real model (SmolLM2-135M-Instruct, exported into the work directory, or
+           --model; r = 32 on q, k, v, up, down; adapters from `init_checkpoint --random-b` and their `to-peft` twins, as
            `benchmarks/serve.py` builds them), one `selora-serve --adapters s3://...` server
            serving both forms from the bucket: time to first token (streamed, 1 token) of a
            request naming a never-requested adapter, so it includes LIST, fetch, snapshot,
@@ -50,12 +50,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.decode import QUICK_LAYERS, hardware, load_dense, make_adapter  # noqa: E402
-from benchmarks.serve import build_workspace  # noqa: E402
+from benchmarks.serve import build_workspace, real_model  # noqa: E402
 from benchmarks.serve_report import TARGETS  # noqa: E402
 from selora_serve.atomic import write_json  # noqa: E402
 
 SETTINGS = {"unthrottled": None, "1GB/s": 8000, "100MB/s": 800}  # mbit on the wire
-REAL_MODEL = Path("/work/cache/smollm2")
 BUCKET = "bench"
 FETCH_LOG = re.compile(r"fetched adapter (\S+) from \S+: (\d+) bytes in ([0-9.]+) ms")
 SNAPSHOT_LOG = re.compile(r"snapshot of adapter (\S+) in ([0-9.]+) ms, verified in ([0-9.]+) ms")
@@ -292,7 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--parts", default="llama8b,real", help="comma-separated: llama8b, real (default: %(default)s)")
     p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated link settings (default: %(default)s)")
     p.add_argument("--probes", type=int, default=None, help="A B pairs per setting (default: 4, or 2 with --quick)")
-    p.add_argument("--model", type=Path, default=REAL_MODEL, help="the real model directory (default: %(default)s)")
+    p.add_argument("--model", type=Path,
+                   help="the real model directory (default: SmolLM2-135M-Instruct, exported into the work directory)")
     p.add_argument("--quick", action="store_true",
                    help="CI-sized: 2 LLaMA layers, the tiny local model for the 'real' part, 2 probes")
     p.add_argument("--work-dir", type=Path, help="keep the adapters here (default: a temporary directory)")
@@ -367,9 +367,8 @@ def run_local(args, work: Path) -> dict:
     from selora_serve.tiny import TinySpec
 
     names = [f"a{i}" for i in range(args.probes)]
-    model = work / "tiny-model" if args.quick else args.model
     ws = build_workspace(work / "real", TinySpec(), 8 if args.quick else 32, 0.6, names, seed=0,
-                         model=None if args.quick else model)
+                         model=None if args.quick else args.model or real_model(work))
     store = work / "local-store"
     for name in names:
         for kind, src in (("selora", ws.store), ("dense", ws.dense)):
@@ -402,11 +401,9 @@ def run(args, work: Path) -> dict:
     if "real" in args.parts:
         from selora_serve.tiny import TinySpec
 
-        if args.quick:
-            model = work / "tiny-model"
         names = [f"a{i}" for i in range(args.probes * len(settings))]
         ws = build_workspace(real_dir, TinySpec(), 8 if args.quick else 32, 0.6, names, seed=0,
-                             model=None if args.quick else model)
+                             model=None if args.quick else model or real_model(work))
         model = ws.model
         sizes["real"] = {"selora_bytes": dir_bytes(ws.store / names[0]), "dense_bytes": dir_bytes(ws.dense / names[0]),
                          "model": str(model), "rank": 8 if args.quick else 32}
@@ -415,7 +412,7 @@ def run(args, work: Path) -> dict:
     port = free_port()
     child = [sys.executable, str(Path(__file__).resolve()), "--inside", "--port", str(port), "--work-dir", str(work),
              "--parts", ",".join(args.parts), "--settings", ",".join(settings), "--probes", str(args.probes),
-             "--real-dir", str(real_dir), "--model", str(model)] + (["--quick"] if args.quick else [])
+             "--real-dir", str(real_dir)] + (["--model", str(model)] if model else []) + (["--quick"] if args.quick else [])
     ns = None
     if problem is None:
         ns = f"selora-bench-{os.getpid()}"

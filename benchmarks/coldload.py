@@ -17,7 +17,8 @@ and print the p50 of each stage (the first 3 adapters are a warm-up and not coun
 difference of the selora-serve and dense totals is what a cold request pays for a SeLoRA adapter
 before its first token, outside vLLM's shared costs (resolving, scheduling, activating into a slot,
 the prefill). Presets: the serving benchmark's local models (tiny, small, medium) and `real`, the
-real model (/work/cache/smollm2, SmolLM2-135M-Instruct) with r = 32 on q, k, v, up, down.
+real model (SmolLM2-135M-Instruct, exported into the work directory on first use) with r = 32 on
+q, k, v, up, down.
 
   python benchmarks/coldload.py [--model-size small|real] [--adapters 40] [--json PATH]
 """
@@ -36,12 +37,12 @@ import torch
 try:
     from benchmarks import pagecache
     from benchmarks.decode import hardware
-    from benchmarks.serve import PRESETS, build_workspace
+    from benchmarks.serve import PRESETS, REAL, REAL_RANK, build_workspace, real_model
     from benchmarks.serve_report import TARGETS
 except ImportError:
     import pagecache
     from decode import hardware
-    from serve import PRESETS, build_workspace
+    from serve import PRESETS, REAL, REAL_RANK, build_workspace, real_model
     from serve_report import TARGETS
 
 from selora_serve.atomic import write_json
@@ -49,8 +50,6 @@ from selora_serve.atomic import write_json
 STAGES = {"selora": ("snapshot_verified", "parse", "decode", "build"), "two_pass": ("snapshot", "verify", "mark"),
           "dense": ("peft_config", "load")}
 WARMUP = 3
-REAL_MODEL = Path("/work/cache/smollm2")
-REAL_RANK = 32
 
 
 def measure(ws, names: list[str], facts, max_position: int, vocab: int) -> dict[str, dict[str, list[float]]]:
@@ -107,9 +106,9 @@ def measure(ws, names: list[str], facts, max_position: int, vocab: int) -> dict[
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-size", choices=sorted(PRESETS) + ["real"], default="small",
-                   help="the serving benchmark's local model preset, or real: SmolLM2-135M-Instruct from "
-                        f"{REAL_MODEL} with r={REAL_RANK} (default: %(default)s)")
+    p.add_argument("--model-size", choices=sorted(PRESETS) + [REAL], default="small",
+                   help="the serving benchmark's model preset; real: SmolLM2-135M-Instruct with r="
+                        f"{REAL_RANK}, exported into the work directory (default: %(default)s)")
     p.add_argument("--adapters", type=int, default=40, help=f"cold loads timed, plus {WARMUP} warm-up (default: %(default)s)")
     p.add_argument("--eta", type=float, default=0.6, help="SeLoRA spectral density (default: %(default)s)")
     p.add_argument("--work-dir", type=Path, help="keep the model and adapters here (default: a temporary directory)")
@@ -117,13 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.adapters < 1:
         p.error("--adapters must be at least 1")
-    real = args.model_size == "real"
-    spec, rank = (PRESETS["tiny"][0], REAL_RANK) if real else PRESETS[args.model_size]
+    real = args.model_size == REAL
+    spec, rank = (None, REAL_RANK) if real else PRESETS[args.model_size]
     names = [f"cold-{j}" for j in range(args.adapters + WARMUP)]
     with tempfile.TemporaryDirectory(prefix="selora-bench-coldload-") as tmp:
         root = args.work_dir / f"{args.model_size}-r{rank}-eta{args.eta}" if args.work_dir else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        ws = build_workspace(root, spec, rank, args.eta, names, seed=0, model=REAL_MODEL if real else None)
+        ws = build_workspace(root, spec, rank, args.eta, names, seed=0, model=real_model(root) if real else None)
         from transformers import AutoConfig
 
         from selora_serve.base_model import BaseFacts

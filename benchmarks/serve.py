@@ -49,7 +49,9 @@ Ratios are selora over dense. Before each round and before the probes, the files
 they use are dropped from the OS page cache (`benchmarks/pagecache.py`), so "cold" means
 on disk only, as in production; `--page-cache-warm` keeps them cached (then disk latency is not
 measured). Runs on CPU with a local Llama-shaped model built by
-`selora_serve.tiny` (presets below); `--model DIR` and `--vllm-args` for a real model on a GPU.
+`selora_serve.tiny` (presets below), or `--model-size real`: SmolLM2-135M-Instruct, exported once
+by `selora_serve.models` into the work directory (r = 32, the real-model figures in the README);
+`--model DIR` and `--vllm-args` for any other local model, or a GPU.
 
 Prints a table (hardware and sizes stated), writes PNG plots to --plot-dir and, with --json PATH,
 the JSON document atomically; the last stdout line is the same JSON document.
@@ -104,6 +106,7 @@ PRESETS = {  # (model shape, LoRA rank); head_dim 32 or 64, both supported by vL
     "medium": (TinySpec(hidden_size=1024, intermediate_size=2752, num_hidden_layers=4,
                         num_attention_heads=16, num_key_value_heads=4), 16),
 }
+REAL, REAL_RANK = "real", 32  # the real-model preset: SmolLM2-135M-Instruct (selora_serve.models)
 SYSTEMS = ("dense", "selora", "base", "merged")
 BASE_NAME, MERGED_NAME = "base", "merged"
 SETTLE_S = 1.0  # idle seconds before each probe block
@@ -144,7 +147,18 @@ def adapter_names(sweep: list[int], probes: int, mem: int, rounds: int) -> list[
     return names
 
 
-def build_workspace(root: Path, spec: TinySpec, rank: int, eta: float, names: list[str], seed: int,
+def real_model(cache: Path) -> Path:
+    """SmolLM2-135M-Instruct as a model directory `cache`/smollm2, exported on first use (~20 s);
+    exits with the install hint if the 'real' extra is missing."""
+    from selora_serve.models import MissingExtraError, export
+
+    try:
+        return export("smollm2", cache / "smollm2", log=lambda line: print(line, file=sys.stderr))
+    except (MissingExtraError, FileExistsError) as exc:
+        raise SystemExit(f"the real-model preset: {exc}") from None
+
+
+def build_workspace(root: Path, spec: TinySpec | None, rank: int, eta: float, names: list[str], seed: int,
                     model: Path | None = None) -> Workspace:
     """The base model (unless given) and every named adapter with its dense twin (kept if present).
 
@@ -348,9 +362,10 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sweep", default="1,8,64,256", help="comma-separated adapter counts N (default: %(default)s)")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="subset of %(default)s; dense and selora are required")
-    p.add_argument("--model-size", choices=sorted(PRESETS), default="small",
-                   help="local model preset: tiny = the demo model (hidden 128, 2 layers, r=8); small = hidden 512, "
-                        "4 layers, r=16; medium = hidden 1024, 4 layers, r=16 (default: %(default)s)")
+    p.add_argument("--model-size", choices=sorted(PRESETS) + [REAL], default="small",
+                   help="model preset: tiny = the demo model (hidden 128, 2 layers, r=8); small = hidden 512, "
+                        "4 layers, r=16; medium = hidden 1024, 4 layers, r=16; real = SmolLM2-135M-Instruct "
+                        f"(hidden 576, 30 layers, r={REAL_RANK}; needs the 'real' extra) (default: %(default)s)")
     p.add_argument("--model", metavar="DIR", type=Path,
                    help="a local Hugging Face model directory instead of a preset (adapters are built for it)")
     p.add_argument("--rank", type=int, help="LoRA rank r (default: the preset's)")
@@ -408,7 +423,9 @@ def parse_args(argv):
               file=sys.stderr)
     args.cpu = on_cpu()
     args.dtype = args.dtype or ("float32" if args.cpu else "bfloat16")
-    args.spec, preset_rank = PRESETS[args.model_size]
+    if args.model is not None and not (args.model / "config.json").is_file():
+        p.error(f"--model {args.model}: not a Hugging Face model directory (no config.json)")
+    args.spec, preset_rank = (None, REAL_RANK) if args.model_size == REAL else PRESETS[args.model_size]
     args.rank = args.rank or preset_rank
     return args
 
@@ -417,6 +434,8 @@ def run(args, root: Path) -> dict:
     load = [round(x, 2) for x in psutil.getloadavg()]
     names = adapter_names(args.sweep_list, args.probes, args.mem_adapters, args.rounds)
     t0 = time.perf_counter()
+    if args.model is None and args.model_size == REAL:
+        args.model = real_model(root)
     ws = build_workspace(root, args.spec, args.rank, args.eta, names, args.seed, model=args.model)
     build_s = time.perf_counter() - t0
     from transformers import AutoConfig

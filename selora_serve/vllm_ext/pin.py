@@ -119,6 +119,54 @@ HOOKS: tuple[Hook, ...] = (
         ("resolver.resolve_lora(base_model_name, lora_name)",),
         why="calls our resolver; an exception it raises becomes the HTTP error",
     ),
+    # cpu_lora.py: base-model rows get no LoRA delta on the CPU punica wrapper.
+    Hook(
+        "vllm.lora.punica_wrapper.punica_cpu", "PunicaWrapperCPU.update_metadata",
+        ("self", "mapping", "lora_index_to_id", "max_loras", "vocab_size", "kwargs"),
+        ("self._update_base_metadata(",),
+        why="wrapped: the batch's base-model rows are read from token_lora_indices once per batch",
+    ),
+    Hook(
+        "vllm.lora.punica_wrapper.punica_base", "PunicaWrapperBase._update_base_metadata", None,
+        ("self._token_lora_indices[: base_indices.shape[0]].copy_(base_indices)",
+         "self._sampler_indices[: sampler_indices.shape[0]].copy_(sampler_indices)"),
+        why="the only writer of the per-token and sampler indices the mask is computed from",
+    ),
+    Hook(
+        "vllm.lora.punica_wrapper.punica_cpu", "PunicaWrapperCPU.add_shrink",
+        ("self", "y", "x", "lora_a_stacked", "scale", "kwargs"), ("self._apply_shrink(y[slice_idx]",),
+        why="wrapped: the base-model rows of every slice's shrink output are zeroed after it",
+    ),
+    Hook(
+        "vllm.lora.punica_wrapper.punica_cpu", "PunicaWrapperCPU.add_lora_linear", None,
+        ("self.add_shrink(buffer,", "self.add_expand("),
+        why="every LoRA linear layer's shrink goes through add_shrink, before its expand",
+    ),
+    Hook(
+        "vllm.lora.punica_wrapper.punica_cpu", "PunicaWrapperCPU._shrink_decode", None,
+        ("bgmv_shrink(x, w_t_all, y, self.token_lora_indices, scale)",),
+        why="decode shrinks index the slots with token_lora_indices (-1 selects the last slot)",
+    ),
+    Hook(
+        "vllm.lora.ops.torch_ops.lora_ops", "sgmv_shrink", None,
+        ("torch.repeat_interleave(lora_indices_tensor, seq_len_tensor)",),
+        why="prefill shrinks expand the per-batch indices back to token_lora_indices' rows",
+    ),
+    Hook(
+        "vllm.lora.ops.torch_ops.lora_ops", "bgmv_shrink", None, ("output_tensor[:, : outputs.shape[1]] = ",),
+        why="the shrink writes (does not add) its output, so zeroing it after is final",
+    ),
+    Hook(
+        "vllm.lora.punica_wrapper.punica_cpu", "PunicaWrapperCPU.add_lora_logits",
+        ("self", "y", "x", "lora_a_stacked", "lora_b_stacked", "scale", "buffer", "kwargs"),
+        ("bgmv_shrink(x, lora_a_stacked, buffer, self.sampler_indices, scale)",),
+        why="wrapped: its base-model rows of x are zeroed before its shrink (indexed by sampler_indices)",
+    ),
+    Hook(
+        "vllm.lora.punica_wrapper.punica_base", "PunicaWrapperBase._select_full_linear_output", None,
+        ("use_full = (indices >= 0)",),
+        why="apply_lora_full_linear already keeps base-model rows' own output, so it is left alone",
+    ),
     # engine_support.py: what the CPU attention backend runs, checked before the engine starts.
     Hook("vllm.v1.attention.backends.cpu_attn", "CPUAttentionBackend.get_supported_head_sizes", ("cls",),
          why="selora-serve refuses a model whose head size the CPU backend would fail on at the first request"),

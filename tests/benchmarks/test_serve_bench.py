@@ -64,3 +64,21 @@ def test_serve_benchmark_refuses_zero_rounds_or_requests(flag, capsys):
     with pytest.raises(SystemExit):
         serve.parse_args([flag, "0"])
     assert "--rounds and --requests must be at least 1" in capsys.readouterr().err
+
+
+def test_real_preset_is_smollm2_at_rank_32(real_model, tmp_path):
+    from benchmarks import serve
+
+    args = serve.parse_args(["--model-size", "real"])
+    assert (args.spec, args.rank) == (None, serve.REAL_RANK)
+    # The preset's model is exported into the work directory once, then found there.
+    (tmp_path / "smollm2").symlink_to(real_model, target_is_directory=True)
+    assert serve.real_model(tmp_path) == tmp_path / "smollm2"
+
+
+def test_serve_benchmark_refuses_a_model_dir_without_config(tmp_path, capsys):
+    from benchmarks import serve
+
+    with pytest.raises(SystemExit):
+        serve.parse_args(["--model", str(tmp_path)])
+    assert f"--model {tmp_path}: not a Hugging Face model directory (no config.json)" in capsys.readouterr().err
