@@ -17,10 +17,10 @@ Two parts, each timing SeLoRA and dense alternately (A B B A), cold every time:
            the same pass), then the worker's parse + decode (SeLoRA: `dense_state_dict`) or load
            of the dense safetensors file. Total = what the two systems pay before vLLM builds
            its LoRAModel from the tensors (the same for both).
-  real     the real model (SmolLM2-135M-Instruct, exported into the work directory, or
-           --model; r = 32 on q, k, v, up, down; adapters from `init_checkpoint --random-b` and their `to-peft` twins, as
-           `benchmarks/serve.py` builds them), one `selora-serve --adapters s3://...` server
-           serving both forms from the bucket: time to first token (streamed, 1 token) of a
+  real     the real model (SmolLM2-135M-Instruct, exported into the work directory, or --model; r =
+           32 on q, k, v, up, down; adapters from `init_checkpoint --random-b` and their `to-peft`
+           twins, as `benchmarks/serve.py` builds them), one `selora-serve --adapters s3://...`
+           server serving both forms from the bucket: time to first token (streamed, 1 token) of a
            request naming a never-requested adapter, so it includes LIST, fetch, snapshot,
            verification, the engine's load (decode or dense load) and the prefill.
 
@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.decode import QUICK_LAYERS, hardware, load_dense, make_adapter  # noqa: E402
-from benchmarks.serve import build_workspace, real_model  # noqa: E402
+from benchmarks.serve import REAL_RANK, build_workspace, real_model  # noqa: E402
 from benchmarks.serve_report import TARGETS  # noqa: E402
 from selora_serve.atomic import write_json  # noqa: E402
 
@@ -367,7 +367,7 @@ def run_local(args, work: Path) -> dict:
     from selora_serve.tiny import TinySpec
 
     names = [f"a{i}" for i in range(args.probes)]
-    ws = build_workspace(work / "real", TinySpec(), 8 if args.quick else 32, 0.6, names, seed=0,
+    ws = build_workspace(work / "real", TinySpec(), 8 if args.quick else REAL_RANK, 0.6, names, seed=0,
                          model=None if args.quick else args.model or real_model(work))
     store = work / "local-store"
     for name in names:
@@ -402,11 +402,11 @@ def run(args, work: Path) -> dict:
         from selora_serve.tiny import TinySpec
 
         names = [f"a{i}" for i in range(args.probes * len(settings))]
-        ws = build_workspace(real_dir, TinySpec(), 8 if args.quick else 32, 0.6, names, seed=0,
+        ws = build_workspace(real_dir, TinySpec(), 8 if args.quick else REAL_RANK, 0.6, names, seed=0,
                              model=None if args.quick else model or real_model(work))
         model = ws.model
         sizes["real"] = {"selora_bytes": dir_bytes(ws.store / names[0]), "dense_bytes": dir_bytes(ws.dense / names[0]),
-                         "model": str(model), "rank": 8 if args.quick else 32}
+                         "model": str(model), "rank": 8 if args.quick else REAL_RANK}
     from selora_serve.serve.launch import free_port
 
     port = free_port()

@@ -37,12 +37,12 @@ import torch
 try:
     from benchmarks import pagecache
     from benchmarks.decode import hardware
-    from benchmarks.serve import PRESETS, REAL, REAL_RANK, build_workspace, real_model
+    from benchmarks.serve import PRESETS, REAL, REAL_RANK, build_workspace, preset, real_model
     from benchmarks.serve_report import TARGETS
 except ImportError:
     import pagecache
     from decode import hardware
-    from serve import PRESETS, REAL, REAL_RANK, build_workspace, real_model
+    from serve import PRESETS, REAL, REAL_RANK, build_workspace, preset, real_model
     from serve_report import TARGETS
 
 from selora_serve.atomic import write_json
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.adapters < 1:
         p.error("--adapters must be at least 1")
     real = args.model_size == REAL
-    spec, rank = (None, REAL_RANK) if real else PRESETS[args.model_size]
+    spec, rank = preset(args.model_size)
     names = [f"cold-{j}" for j in range(args.adapters + WARMUP)]
     with tempfile.TemporaryDirectory(prefix="selora-bench-coldload-") as tmp:
         root = args.work_dir / f"{args.model_size}-r{rank}-eta{args.eta}" if args.work_dir else Path(tmp)

@@ -147,6 +147,11 @@ def adapter_names(sweep: list[int], probes: int, mem: int, rounds: int) -> list[
     return names
 
 
+def preset(name: str) -> tuple[TinySpec | None, int]:
+    """(model shape, LoRA rank) of a --model-size preset; the real model's shape is its own (None)."""
+    return (None, REAL_RANK) if name == REAL else PRESETS[name]
+
+
 def real_model(cache: Path) -> Path:
     """SmolLM2-135M-Instruct as a model directory `cache`/smollm2, exported on first use (~20 s);
     exits with the install hint if the 'real' extra is missing."""
@@ -425,7 +430,7 @@ def parse_args(argv):
     args.dtype = args.dtype or ("float32" if args.cpu else "bfloat16")
     if args.model is not None and not (args.model / "config.json").is_file():
         p.error(f"--model {args.model}: not a Hugging Face model directory (no config.json)")
-    args.spec, preset_rank = (None, REAL_RANK) if args.model_size == REAL else PRESETS[args.model_size]
+    args.spec, preset_rank = preset(args.model_size)
     args.rank = args.rank or preset_rank
     return args
 

@@ -82,3 +82,16 @@ def test_serve_benchmark_refuses_a_model_dir_without_config(tmp_path, capsys):
     with pytest.raises(SystemExit):
         serve.parse_args(["--model", str(tmp_path)])
     assert f"--model {tmp_path}: not a Hugging Face model directory (no config.json)" in capsys.readouterr().err
+
+
+def test_real_preset_without_the_real_extra_says_how_to_install_it(tmp_path, monkeypatch):
+    from benchmarks import serve
+    from selora_serve import models
+
+    missing = models.GGUFSource("smollm2", "no_such_package_selora", "model.gguf", "a model not installed")
+    monkeypatch.setitem(models.MODELS, "smollm2", missing)
+    with pytest.raises(SystemExit) as exc:
+        serve.real_model(tmp_path)
+    assert str(exc.value).startswith("the real-model preset: the smollm2 model comes from the PyPI package "
+                                     "'no_such_package_selora', which is not installed")
+    assert models.INSTALL_HINT in str(exc.value)
