@@ -8,10 +8,13 @@ WORKDIR /opt/selora-serve
 COPY pyproject.toml README.md ./
 COPY selora_serve ./selora_serve
 COPY converters ./converters
-# vLLM and torch come from the base image; install only what this package adds.
-RUN python3 -m pip install --no-cache-dir ptwt PyWavelets prometheus-client \
+# vLLM and torch come from the base image; install only what this package adds, with the extras
+# whose features the image must have: s3:// roots (obstore) and the Ray Serve LLM app (the `ray`
+# extra's list, pinned as in pyproject.toml; never ray[llm], which pins another vLLM).
+RUN python3 -m pip install --no-cache-dir ptwt PyWavelets prometheus-client obstore \
+    'ray[serve]==2.60.0' pyarrow pandas jsonref boto3 \
  && python3 -m pip install --no-cache-dir --no-deps . \
- && python3 -c "import selora_serve, vllm; print('selora-serve on vLLM', vllm.__version__)"
+ && python3 -c "import selora_serve, vllm, obstore, ray.serve.llm; print('selora-serve on vLLM', vllm.__version__, '| ray', __import__('ray').__version__)"
 
 EXPOSE 8000
 ENTRYPOINT ["selora-serve"]

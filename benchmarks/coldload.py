@@ -58,8 +58,9 @@ def measure(ws, names: list[str], facts, max_position: int, vocab: int) -> dict[
 
     from selora_serve.peft_io import dense_state_dict
     from selora_serve.vllm_ext import loading
-    from selora_serve.vllm_ext.snapshot import mark_verified, snapshot
-    from selora_serve.vllm_ext.store import AdapterStore, validate
+    from selora_serve.store.snapshot import mark_verified, snapshot
+    from selora_serve.store import AdapterStore
+    from selora_serve.store.verify import validate
 
     loading.install()  # PEFTHelper.from_local_dir reads SeLoRA manifests, as in the server
     store = AdapterStore([ws.store])

@@ -159,3 +159,11 @@ def fingerprint(config) -> str:
 def _fingerprint(d: dict) -> str:
     facts = {k: d[k] for k in FINGERPRINT_FIELDS if d.get(k) is not None}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+@lru_cache(maxsize=4)
+def facts_of_model(name: str) -> BaseFacts:
+    """The `BaseFacts` of a served base model by its path or hub id (what an engine was given)."""
+    from transformers import AutoConfig
+
+    return BaseFacts.of(AutoConfig.from_pretrained(name))

@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny local model per session, and adapters made for it; the real model."""
+"""Shared fixtures: one tiny local model per session, and adapters made for it; the real model; a
+loopback S3 server (moto) with a fresh bucket per test."""
 
 from __future__ import annotations
 
@@ -65,3 +66,34 @@ def prompts() -> list[str]:
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+# --- a real S3-protocol server (moto) on loopback, behind a fault-injecting proxy -------------
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """moto's S3 server in a child process, and a FaultProxy in front of it (`s3.proxy`)."""
+    pytest.importorskip("moto.server")
+    pytest.importorskip("obstore")
+    from selora_serve.store.s3local import FaultProxy, S3Server
+
+    with S3Server(log=tmp_path_factory.mktemp("s3") / "moto.log") as server, FaultProxy(server.port) as proxy:
+        server.proxy = proxy
+        yield server
+
+
+_buckets = iter(range(10**6))
+
+
+@pytest.fixture
+def bucket(s3, monkeypatch):
+    """A fresh bucket; this process's AWS environment points at it through the proxy."""
+    from selora_serve.store.s3local import endpoint_env
+
+    name = f"test-{next(_buckets)}"
+    s3.create_bucket(name)
+    for key, value in endpoint_env(s3.proxy.url).items():
+        monkeypatch.setenv(key, value)
+    s3.proxy.set_mode("pass")
+    yield name
+    s3.proxy.set_mode("pass")

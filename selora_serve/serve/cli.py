@@ -122,10 +122,10 @@ def _plan(args: argparse.Namespace, passthrough: list[str]):
 def launch(plan) -> None:
     """Run vLLM's OpenAI server in this process with `plan`'s argv and environment.
 
-    Inside `resolver.snapshot_dir`: the private copies of loaded adapters go when the server does.
+    Inside `store.checkout.snapshot_dir`: the private copies of loaded adapters go when the server does.
     The caller holds `metrics.multiprocess_dir` (see `main`).
     """
-    from selora_serve.vllm_ext.resolver import snapshot_dir
+    from selora_serve.store.checkout import snapshot_dir
 
     os.environ.update(plan.env)
     sys.argv = ["selora-serve", *plan.argv]

@@ -4,7 +4,7 @@
     launch.argv  # ["--model", model, "--enable-lora", "--max-lora-rank", "8", ...]
     launch.env   # {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "SELORA_ADAPTER_DIRS": ..., ...}
 
-Store roots are directories or s3://BUCKET/PREFIX URLs (`vllm_ext.remote`), each bucket asked
+Store roots are directories or s3://BUCKET/PREFIX URLs (`store.s3`), each bucket asked
 once here and its adapters cached under --adapter-cache-dir (SELORA_ADAPTER_CACHE_DIR).
 
 A default is added only when the user did not pass that vLLM option; anything the user passes
@@ -37,10 +37,10 @@ from ..vllm_ext.admin import ENV_PINNED, PLUGIN_NAME as ADMIN_PLUGIN
 from ..vllm_ext.guard import ENV_MAX_BODY, ENV_TENANTS, PLUGIN_NAME as GUARD_PLUGIN
 from ..vllm_ext.host_cache import ENV_HOST_CACHE_FORM
 from ..vllm_ext.resolver import ENV_MAX_RANK
-from ..vllm_ext.adapter_cache import AdapterCache, parse_size
-from ..vllm_ext.remote import is_remote
-from ..vllm_ext.store import DEFAULT_CACHE_BYTES, ENV_CACHE_BYTES, ENV_CACHE_DIR, ENV_DIRS, AdapterStore
-from ..vllm_ext.store import cache_dir as store_cache_dir
+from ..store.cache import AdapterCache, parse_size
+from ..store.catalog import DEFAULT_CACHE_BYTES, ENV_CACHE_BYTES, ENV_CACHE_DIR, ENV_DIRS, AdapterStore
+from ..store.catalog import cache_dir as store_cache_dir
+from ..store.s3 import is_remote
 from .preflight import check_model
 
 # vLLM 0.32's accepted --max-lora-rank values (vllm.config.lora.MaxLoRARanks).

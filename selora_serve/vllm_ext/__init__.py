@@ -11,9 +11,6 @@ it, so the core package installs and tests without vLLM. The pieces:
   decoding them on activation (`--host-cache-form spectral`).
 - `frontend`: API-server side, validating SeLoRA checkpoints before they reach the engine.
 - `metrics`: the Prometheus metrics of adapter serving, taken in the worker and the API server.
-- `store`: the adapter store (directories of checkpoints and bucket prefixes, name -> adapter,
-  no vLLM import); `snapshot`: the private, verified copy of an adapter the engine loads.
-- `remote`: store roots in object storage (s3://BUCKET/PREFIX, through obstore), and
-  `adapter_cache`: the local, byte-bounded cache adapters are fetched into (neither imports vLLM).
-- `resolver`: the vLLM LoRAResolver that serves the store by name.
+- `resolver`: the vLLM LoRAResolver that serves the adapter store (`selora_serve.store`, which
+  imports no vLLM and serves Ray's front end too) by name.
 """

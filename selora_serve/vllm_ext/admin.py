@@ -32,7 +32,8 @@ import os
 
 from ..checkpoint.format import CheckpointError, bytes_on_disk, read_manifest
 from . import metrics
-from .store import AdapterStore, describe
+from ..store import AdapterStore
+from ..store.verify import describe
 
 PLUGIN_NAME = "selora_admin"
 ENV_PINNED = "SELORA_PINNED"

@@ -2,7 +2,7 @@
 
 vLLM 0.32's `OpenAIServingModels.load_lora_adapter` (behind `POST /v1/load_lora_adapter` and
 `--lora-modules`) reports any engine-side load failure as a 500. A SeLoRA directory named there
-is handled like a store adapter (`resolver.verified_snapshot`): copied into a private snapshot,
+is handled like a store adapter (`store.checkout.verified_snapshot`): copied into a private snapshot,
 validated in full against the served model, and only that snapshot's path is passed on; a
 corrupt, truncated or mismatched checkpoint gets a 400 naming the adapter and the reason, and
 the engine never sees it. The engine reloads an evicted adapter from its path inside a model
@@ -22,8 +22,8 @@ from http import HTTPStatus
 from pathlib import Path
 
 from ..checkpoint import is_selora_checkpoint
-from .resolver import verified_snapshot
-from .store import AdapterError, AdapterStore, StoredAdapter
+from ..store.checkout import verified_snapshot
+from ..store import AdapterError, AdapterStore, StoredAdapter
 
 _MARK = "_selora_patched"
 

@@ -35,8 +35,8 @@ from ..adapter import SpectralAdapter
 from ..checkpoint import is_selora_checkpoint, load_checkpoint, read_manifest
 from ..peft_io import dense_state_dict, peft_config_dict
 from ..base_model import BaseFacts
-from .snapshot import is_verified
-from .store import SEDORA_REFUSAL
+from ..store.snapshot import is_verified
+from ..store.verify import SEDORA_REFUSAL
 from . import host_cache, metrics
 
 # A child of vLLM's logger, so it reaches the handlers vLLM configures in every process.

@@ -23,7 +23,7 @@ counted. Bytes are the adapter's own A/B tensors (vLLM preallocates the slot buf
 for an adapter held in spectral form (`host_cache`), its coefficients.
 
 Processes. Decodes, loads, evictions and residency happen in the engine's worker process; request
-counts and fetches from object storage (the resolver's, `remote.cached_copy`) are taken in the API
+counts and fetches from object storage (the resolver's, `store.s3.cached_copy`) are taken in the API
 server, where `OutputProcessor._finish_request` sees each finished
 request's LoRA name, prompt length and output tokens (requests the client aborted are not
 counted; with n > 1 the prompt and the request count once, the tokens of every choice count).

@@ -1,7 +1,7 @@
 """The vLLM release this integration hooks into, and a check that its internals still fit.
 
 vLLM's LoRA internals move between releases. Everything selora-serve touches is listed in
-`HOOKS`; `check_hooks()` compares each with what this integration was written against and returns
+`HOOKS`; `pinning.check_hooks(HOOKS)` compares each with what this integration was written against and returns
 one line per difference, and `require_hooks()` turns any difference into a RuntimeError naming
 it, so an upgrade fails loudly at engine start instead of serving adapters wrongly.
 
@@ -11,22 +11,9 @@ check, not the version string, is what guards correctness.
 
 from __future__ import annotations
 
-import importlib
-import inspect
-from dataclasses import dataclass
+from ..pinning import Hook, check_hooks
 
 SUPPORTED_VLLM = "0.32.0"
-
-
-@dataclass(frozen=True)
-class Hook:
-    """One vLLM internal we rely on: `module`.`qualname`, its parameters, and source fragments."""
-
-    module: str
-    qualname: str
-    params: tuple[str, ...] | None = None  # exact parameter names, in order (None: not checked)
-    source_has: tuple[str, ...] = ()  # fragments of its source our patch depends on
-    why: str = ""
 
 
 HOOKS: tuple[Hook, ...] = (
@@ -231,45 +218,11 @@ HOOKS: tuple[Hook, ...] = (
 )
 
 
-def _resolve(hook: Hook):
-    obj = importlib.import_module(hook.module)
-    for part in hook.qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def check_hooks(hooks: tuple[Hook, ...] = HOOKS) -> list[str]:
-    """One line per hooked internal that differs from what this integration expects."""
-    problems = []
-    for hook in hooks:
-        where = f"{hook.module}.{hook.qualname}"
-        try:
-            obj = _resolve(hook)
-        except (ImportError, AttributeError) as exc:
-            problems.append(f"{where}: not found ({exc})")
-            continue
-        func = inspect.unwrap(getattr(obj, "__func__", obj))
-        if hook.params is not None:
-            got = tuple(inspect.signature(func).parameters)
-            if got != hook.params:
-                problems.append(f"{where}: parameters are {got}, expected {hook.params}")
-        if hook.source_has:
-            try:
-                source = inspect.getsource(func)
-            except (OSError, TypeError):
-                problems.append(f"{where}: source unavailable, cannot verify")
-                continue
-            for fragment in hook.source_has:
-                if fragment not in source:
-                    problems.append(f"{where}: no longer contains {fragment!r}")
-    return problems
-
-
 def require_hooks() -> None:
     """Raise RuntimeError naming every hooked vLLM internal that changed."""
     import vllm
 
-    problems = check_hooks()
+    problems = check_hooks(HOOKS)
     if problems:
         raise RuntimeError(
             f"selora-serve's vLLM integration was written against vLLM {SUPPORTED_VLLM}; the "

@@ -9,12 +9,12 @@ Contract with vLLM's `OpenAIServingModels.resolve_lora`: returning None means "n
 answers 404 if no resolver knows the name); an exception raised here propagates out of the
 request handler, and we raise vLLM's own `VLLMValidationError` so its exception handlers answer
 400 with an OpenAI-style body naming the adapter and the reason, or, when an object store cannot
-be reached (`remote.StoreUnavailable`), its `GracefulHTTPError` so they answer 503. (Returning
+be reached (`store.StoreUnavailable`), its `GracefulHTTPError` so they answer 503. (Returning
 the adapter and letting the engine fail would give only vLLM's generic "was found but could not
 be loaded".) An adapter in object storage is fetched into the local adapter cache first
-(`remote.cached_copy`), in this process: the engine only ever sees local snapshots.
+(`store.s3.cached_copy`), in this process: the engine only ever sees local snapshots.
 
-The LoRARequest returned points at a private snapshot of the adapter (`store.snapshot`, under
+The LoRARequest returned points at a private snapshot of the adapter (`store.checkout`, under
 SELORA_SNAPSHOT_DIR), validated in full on the bytes the snapshot copied (one pass). vLLM's worker
 reloads an adapter from its path whenever its host cache evicted it, inside a model step where a
 failure would stop the engine for every tenant; from the snapshot that reload cannot meet a file
@@ -26,72 +26,19 @@ was unloaded, from that path.
 from __future__ import annotations
 
 import asyncio
-import atexit
-import functools
 import logging
 import os
-import shutil
-import tempfile
-import time
-from pathlib import Path
 
-from ..envdir import env_scratch_dir
-from ..base_model import BaseFacts
+from ..base_model import facts_of_model
+from ..store import AdapterError, AdapterStore
+from ..store.catalog import ENV_DIRS
+from ..store.checkout import ENV_SNAPSHOTS, checkout
 from . import metrics
-from .snapshot import snapshot
-from .store import ENV_DIRS, AdapterError, AdapterStore
 
 logger = logging.getLogger("vllm.selora_serve")
 
 RESOLVER_NAME = "selora-store"
 ENV_MAX_RANK = "SELORA_MAX_LORA_RANK"  # set by `selora-serve`; checked before the engine is asked
-ENV_SNAPSHOTS = "SELORA_SNAPSHOT_DIR"  # set by `selora-serve`; else a temporary directory per process
-_own_root: Path | None = None
-
-
-def snapshot_dir(environ=os.environ):
-    """Run the body with SELORA_SNAPSHOT_DIR set to a fresh directory, removed afterwards."""
-    return env_scratch_dir(ENV_SNAPSHOTS, "selora-serve-snapshots-", environ)
-
-
-def snapshot_root() -> Path:
-    global _own_root
-    if os.environ.get(ENV_SNAPSHOTS):
-        return Path(os.environ[ENV_SNAPSHOTS])
-    if _own_root is None:  # plain `vllm serve` with this plugin: our own, removed at exit
-        _own_root = Path(tempfile.mkdtemp(prefix="selora-serve-snapshots-"))
-        atexit.register(shutil.rmtree, _own_root, True)
-    return _own_root
-
-
-def verified_snapshot(found, base, max_rank: int | None = None, cache=None) -> Path:
-    """Snapshot `found` (a StoredAdapter, or a RemoteAdapter fetched first through `cache`, an
-    AdapterCache) under `snapshot_root()`; a SeLoRA snapshot is validated in full for the base
-    model `base` (a config or its BaseFacts) in the same pass and marked verified. Raises
-    AdapterError naming `found.name` and the reason (StoreUnavailable: 503), FileNotFoundError
-    if a remote adapter vanished from its bucket since it was listed."""
-    from .remote import RemoteAdapter, cached_copy
-
-    timings: dict[str, float] = {}
-    facts = BaseFacts.of(base) if found.kind == "selora" else None
-    if isinstance(found, RemoteAdapter):
-        with cached_copy(found, cache) as (local, fetched):
-            path = snapshot(local, snapshot_root(), base=facts, max_rank=max_rank, timings=timings)
-        if fetched.nbytes:
-            metrics.observe_fetch(found.name, fetched.nbytes, fetched.seconds)
-    else:
-        path = snapshot(found, snapshot_root(), base=facts, max_rank=max_rank, timings=timings)
-    logger.info("snapshot of adapter %s in %.1f ms, verified in %.1f ms", found.name, 1e3 * timings.get("copy", 0.0),
-                1e3 * timings.get("verify", 0.0))
-    return path
-
-
-@functools.lru_cache(maxsize=4)
-def _base_facts(base_model_name: str) -> BaseFacts:
-    """The served base model's `BaseFacts` (vLLM passes its model path or hub id)."""
-    from transformers import AutoConfig
-
-    return BaseFacts.of(AutoConfig.from_pretrained(base_model_name))
 
 
 def http_error(exc: AdapterError):
@@ -117,14 +64,9 @@ def _make_resolver_class():
             self.max_rank = max_rank
 
         def _resolve(self, base_model_name: str, lora_name: str):
-            found = self.store.find(lora_name)
-            if found is None:
+            path = checkout(self.store, lora_name, facts_of_model(base_model_name), self.max_rank, metrics.observe_fetch)
+            if path is None:
                 return None
-            try:
-                cache = self.store.cache if self.store.remote_roots else None
-                path = verified_snapshot(found, _base_facts(base_model_name), self.max_rank, cache)
-            except FileNotFoundError:
-                return None  # deleted from its bucket since it was listed
             # The id is a placeholder: vLLM assigns the real one before loading.
             return LoRARequest(lora_name=lora_name, lora_int_id=1, lora_path=str(path))
 
@@ -152,5 +94,4 @@ def register_from_env() -> bool:
     return True
 
 
-__all__ = ["ENV_DIRS", "ENV_MAX_RANK", "ENV_SNAPSHOTS", "RESOLVER_NAME", "register_from_env", "snapshot_dir",
-           "verified_snapshot"]
+__all__ = ["ENV_DIRS", "ENV_MAX_RANK", "ENV_SNAPSHOTS", "RESOLVER_NAME", "register_from_env"]

@@ -18,7 +18,7 @@ import pytest
 
 from selora_serve.checkpoint import COEF_FILE, CONFIG_FILE
 from selora_serve.convert import to_peft
-from selora_serve.s3local import endpoint_env
+from selora_serve.store.s3local import endpoint_env
 
 from .conftest import start_server, stop_server
 from .test_metrics import Scrape

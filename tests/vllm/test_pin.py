@@ -9,6 +9,7 @@ import pytest
 
 vllm = pytest.importorskip("vllm")
 
+from selora_serve.pinning import check_hooks  # noqa: E402
 from selora_serve.vllm_ext import pin  # noqa: E402
 
 
@@ -20,7 +21,7 @@ def test_installed_vllm_is_the_pinned_release():
 
 
 def test_hooked_internals_are_unchanged():
-    problems = pin.check_hooks()
+    problems = check_hooks(pin.HOOKS)
     assert not problems, "vLLM internals hooked by selora_serve/vllm_ext changed:\n" + "\n".join(problems)
 
 
@@ -30,7 +31,7 @@ def test_a_changed_internal_is_reported_by_name(monkeypatch):
 
     monkeypatch.setattr(PEFTHelper, "from_local_dir", classmethod(lambda cls, path: None))
     monkeypatch.setattr(WorkerLoRAManager, "_load_adapter", lambda self, request: None)
-    problems = pin.check_hooks()
+    problems = check_hooks(pin.HOOKS)
     assert any("PEFTHelper.from_local_dir: parameters are ('cls', 'path')" in p for p in problems), problems
     assert any("_load_adapter: no longer contains 'PEFTHelper.from_local_dir('" in p for p in problems), problems
     with pytest.raises(RuntimeError, match="changed internals it hooks"):
@@ -59,4 +60,4 @@ def test_plugin_is_registered_and_idempotent():
     plugin._registered = False  # as in a fresh call path: patching must still happen only once
     plugin.register()
     assert patched() == first
-    assert pin.check_hooks() == [], "the check sees through our own wrappers"
+    assert check_hooks(pin.HOOKS) == [], "the check sees through our own wrappers"

@@ -9,8 +9,8 @@ import pytest
 
 from selora_serve.base_model import load_config
 from selora_serve.checkpoint import COEF_FILE
-from selora_serve.vllm_ext.snapshot import is_verified, mark_verified, snapshot
-from selora_serve.vllm_ext.store import AdapterError, AdapterStore
+from selora_serve.store.snapshot import is_verified, mark_verified, snapshot
+from selora_serve.store import AdapterError, AdapterStore
 
 
 def test_worker_skips_value_checks_only_for_a_snapshot_verified_for_its_base(checkpoints, tiny_model, tmp_path):

@@ -9,7 +9,8 @@ import pytest
 from selora_serve.base_model import load_config
 from selora_serve.checkpoint import COEF_FILE, CONFIG_FILE
 from selora_serve.convert import to_peft
-from selora_serve.vllm_ext.store import AdapterError, AdapterNameError, AdapterStore, check_name, validate
+from selora_serve.store import AdapterError, AdapterNameError, AdapterStore, check_name
+from selora_serve.store.verify import validate
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@
 Layout in the bucket mirrors a local store: PREFIX/NAME/ holding selora_config.json (+
 selora_coefficients.safetensors) is a SeLoRA adapter, PREFIX/NAME/ holding adapter_config.json a
 dense PEFT LoRA; NAME is one path part, or two ("team/NAME") like the local store's one nesting
-level. Names are checked by `store.check_name` before any request is made.
+level. Names are checked by `base.check_name` before any request is made.
 
 Configuration is the standard AWS environment, read by obstore (object_store): AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION / AWS_DEFAULT_REGION, AWS_ENDPOINT_URL for
@@ -46,7 +46,7 @@ from urllib.parse import urlparse
 
 from ..checkpoint import COEF_FILE, CONFIG_FILE
 from ..peft_io import PEFT_CONFIG
-from .store import MAX_SNAPSHOT_BYTES, AdapterError, StoredAdapter, check_name
+from .base import MAX_SNAPSHOT_BYTES, AdapterError, StoredAdapter, StoreUnavailable, check_name
 
 logger = logging.getLogger("vllm.selora_serve")
 
@@ -57,14 +57,6 @@ LIST_TTL_S = 5.0  # listings (/v1/models, the admin API) are reused this long
 CHUNK = 4 << 20
 PERMANENT = ("no such bucket", "access denied", "credentials refused")  # misconfiguration, not an outage
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-
-
-class StoreUnavailable(AdapterError):
-    """The object store could not be asked (down, stalled, refused): retry later (HTTP 503)."""
-
-    def __init__(self, name: str, reason: str, cause: str | None = None):
-        super().__init__(name, reason, status=503)
-        self.cause = cause or reason  # the short reason ("connection failed", "no such bucket", ...)
 
 
 class ObjectChanged(Exception):

@@ -13,10 +13,10 @@ import pytest
 from selora_serve.base_model import BaseFacts, load_config
 from selora_serve.checkpoint import COEF_FILE, CONFIG_FILE
 from selora_serve.convert import to_peft
-from selora_serve.vllm_ext.adapter_cache import AdapterCache
-from selora_serve.vllm_ext.remote import ObjectChanged, S3Root, StoreUnavailable, allow_http, cached_copy
-from selora_serve.vllm_ext.resolver import verified_snapshot
-from selora_serve.vllm_ext.store import AdapterError, AdapterStore
+from selora_serve.store.cache import AdapterCache
+from selora_serve.store.s3 import ObjectChanged, S3Root, StoreUnavailable, allow_http, cached_copy
+from selora_serve.store.checkout import verified_snapshot
+from selora_serve.store import AdapterError, AdapterStore
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from selora_serve.vllm_ext.adapter_cache import META, AdapterCache, parse_size
+from selora_serve.store.cache import META, AdapterCache, parse_size
 
 
 def _writer(payload: bytes, log: Path | None = None, delay: float = 0.0):
@@ -116,7 +116,7 @@ def test_an_entry_larger_than_the_budget_is_served_once_then_evicted(tmp_path):
 
 
 def test_a_killed_fetch_is_cleaned_up_only_when_its_key_is_free(tmp_path):
-    from selora_serve.vllm_ext.adapter_cache import _flock, _release
+    from selora_serve.store.cache import _flock, _release
 
     cache = AdapterCache(tmp_path / "c", max_bytes=1 << 20)
     stale = tmp_path / "c" / ".tmp-dead-abc123"

@@ -30,7 +30,8 @@ from urllib.parse import quote
 
 from ..atomic import atomic_file
 from ..checkpoint import COEF_FILE, CONFIG_FILE
-from .store import MAX_SNAPSHOT_BYTES, AdapterError, StoredAdapter, validate_bytes
+from .base import MAX_SNAPSHOT_BYTES, AdapterError, StoredAdapter
+from .verify import validate_bytes
 
 
 def snapshot(found: StoredAdapter, root: str | Path, *, base=None, max_rank: int | None = None,
