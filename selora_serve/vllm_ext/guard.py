@@ -166,8 +166,8 @@ class Guard:
                     model = doc.get("model")
                     if model is not None and not isinstance(model, str):
                         return await _respond(send, *_error(400, "`model` must be a string", "BadRequestError", "model"))
-                    if not principal.may_use(model, self._base_names(scope)):
-                        return await _respond(send, 404, unknown_model_body(scope["app"], model))
+                    if not self.allowed(principal, model, scope):
+                        return await _respond(send, 404, self.unknown_model_body(scope, model))
                 if principal is not None and self.owners is not None and method == "POST" and path == CREATE_PATH:
                     refusal = self._response_refusal(principal, doc)
                     if refusal is not None:
@@ -179,7 +179,7 @@ class Guard:
             receive = _replay(body, receive)
 
         if principal is not None and not principal.is_admin and method == "GET" and path == "/v1/models":
-            send = _filtering_models(send, lambda m: principal.may_use(m, self._base_names(scope)))
+            send = _filtering_models(send, lambda m: self.allowed(principal, m, scope))
         return await self.app(scope, receive, send)
 
     def _response_refusal(self, principal, doc: dict) -> tuple[int, dict] | None:
@@ -193,9 +193,14 @@ class Guard:
             return _error(409, f"request_id {chosen!r} is already in use", "ConflictError", "request_id")
         return None
 
-    @staticmethod
-    def _base_names(scope) -> list[str]:
-        return [m.name for m in scope["app"].state.openai_serving_models.base_model_paths]
+    # The two questions a front end answers its own way (Ray's ingress overrides them).
+    def allowed(self, principal, model: str | None, scope) -> bool:
+        """May `principal` use `model` (None: the base model)? vLLM's app knows its base names."""
+        return principal.may_use(model, [m.name for m in scope["app"].state.openai_serving_models.base_model_paths])
+
+    def unknown_model_body(self, scope, model: str | None) -> dict:
+        """The body this front end answers for a model that does not exist."""
+        return unknown_model_body(scope["app"], model)
 
     async def _read_body(self, scope, receive, send) -> bytes | None:
         declared = _header(scope, b"content-length")
