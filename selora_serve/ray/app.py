@@ -17,12 +17,13 @@ import os
 from pathlib import Path
 
 from ..serve.plan import on_cpu, plan_store
-from ..store.catalog import ENV_CACHE_BYTES, ENV_CACHE_DIR, ENV_DIRS
+from ..store.catalog import ENV_CACHE_BYTES, ENV_CACHE_DIR, ENV_DIRS, ENV_MAX_RANK
+from ..vllm_ext.host_cache import ENV_HOST_CACHE_FORM
 from .config import AppConfig
 
 # What a replica's vLLM needs of `plan_store`'s environment (the rest drives selora-serve's own
 # vLLM API server, which Ray replaces: runtime LoRA updating, endpoint plugins).
-REPLICA_ENV = (ENV_DIRS, ENV_CACHE_DIR, ENV_CACHE_BYTES, "SELORA_MAX_LORA_RANK", "SELORA_HOST_CACHE_FORM")
+REPLICA_ENV = (ENV_DIRS, ENV_CACHE_DIR, ENV_CACHE_BYTES, ENV_MAX_RANK, ENV_HOST_CACHE_FORM)
 # Passed on to replicas when set where the app is built (loopback-only clusters, S3 endpoints).
 INHERITED_ENV = ("VLLM_HOST_IP", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
                  "AWS_ALLOW_HTTP", "SELORA_ADAPTER_FETCH_TIMEOUT", "VLLM_CPU_OMP_THREADS_BIND")

@@ -12,8 +12,9 @@ asking a model downloader for a local directory and then vLLM's `load_lora_adapt
   the selora vLLM plugin in the engine's worker, as in `selora-serve`.
 - `SeloraLLMServer` loads each adapter into vLLM once per replica however many first requests
   arrive together (Ray 2.60's own path lets the second fail with a 500), unloads it from vLLM
-  when Ray's LRU evicts it (Ray alone never does), and removes its snapshot directory on shutdown
-  (stale ones of dead replicas at start).
+  when Ray's LRU evicts it (Ray alone never does), removes its snapshot directory on shutdown
+  (stale ones of dead replicas at start), and exports its selora_* metrics through Ray, labelled
+  by replica (`metrics`).
 
 Replica settings arrive in the replica's environment (set by `app.build`): SELORA_ADAPTER_DIRS,
 SELORA_MAX_LORA_RANK and the adapter cache's, exactly as `selora-serve` hands them to vLLM.
@@ -30,13 +31,12 @@ from ray.serve.llm.deployment import LLMServer
 
 from ..base_model import facts_of_model
 from ..store import AdapterError, AdapterStore
+from ..store.catalog import max_rank_from_env
 from ..store.checkout import checkout, release_snapshot_root, remove_stale
 from . import pin
+from .metrics import ReplicaMetrics
 
 logger = logging.getLogger("ray.serve.selora")
-
-ENV_MAX_RANK = "SELORA_MAX_LORA_RANK"
-
 
 def adapter_name(model_id: str) -> str:
     """The store name in Ray's adapter id `BASE:NAME` (NAME may itself hold ':' or '/')."""
@@ -54,13 +54,17 @@ class StoreLoader:
         if self.store is None:
             raise ValueError("SELORA_ADAPTER_DIRS is not set in the replica: build the app with "
                              "selora_serve.ray:build_app")
-        rank = os.environ.get(ENV_MAX_RANK)
-        self.max_rank = int(rank) if rank else None
+        self.max_rank = max_rank_from_env()
         self.fetches: list[tuple[str, int, float]] = []  # (adapter, bytes, seconds) of each bucket fetch
 
     def _checkout(self, name: str, base_model: str):
-        return checkout(self.store, name, facts_of_model(base_model), self.max_rank,
-                        on_fetch=lambda *f: self.fetches.append(f))
+        return checkout(self.store, name, facts_of_model(base_model), self.max_rank, on_fetch=self._fetched)
+
+    def _fetched(self, name: str, nbytes: int, seconds: float) -> None:
+        from ..vllm_ext.metrics import observe_fetch  # prometheus-client only: selora_adapter_fetch_*
+
+        self.fetches.append((name, nbytes, seconds))
+        observe_fetch(name, nbytes, seconds)
 
     async def load_model_from_config(self, lora_model_id: str, llm_config):
         from ray.llm._internal.common.models import global_id_manager
@@ -84,10 +88,13 @@ class SeloraLLMServer(LLMServer):
     unload on Ray's eviction, and its snapshot directory removed on shutdown."""
 
     async def __init__(self, llm_config, *, engine_cls=None, model_downloader=None):
+        from ray import serve
+
         pin.require()
         remove_stale()
+        # Before the engine starts: its worker processes write their selora_* metrics for this replica.
+        self._selora_metrics = ReplicaMetrics(serve.get_replica_context().replica_id.unique_id)
         self._selora_locks: dict[str, asyncio.Lock] = {}
-        self._selora_loaded: set[str] = set()
         self._selora_loader: StoreLoader | None = None
 
         def loader(**kwargs) -> StoreLoader:  # Ray constructs its downloader; keep ours to report its fetches
@@ -95,6 +102,7 @@ class SeloraLLMServer(LLMServer):
             return self._selora_loader
 
         await super().__init__(llm_config, engine_cls=engine_cls, model_downloader=model_downloader or loader)
+        self._selora_metrics.start()
 
     async def _maybe_resolve_lora_from_multiplex(self) -> None:
         from ray import serve
@@ -129,6 +137,7 @@ class SeloraLLMServer(LLMServer):
                 "fetches": list(loader.fetches) if loader is not None else []}
 
     async def __del__(self) -> None:
+        self._selora_metrics.close()
         release_snapshot_root()
         await super().__del__()
 

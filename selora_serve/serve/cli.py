@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo", action="store_true",
                         help="serve SmolLM2-135M-Instruct (written from the `real` extra's GGUF file, no download) and "
                         "three SeLoRA adapters trained on it: demo-pirate (a persona), demo-terse (a style), "
-                        "demo-extract (a task); the base model is `smollm2`")
+                        "demo-extract (a task); the base model is `smollm2`. It has no API key, so it listens on "
+                        "127.0.0.1 unless --host says otherwise")
     parser.add_argument("--demo-model", choices=DEMO_MODELS, default="smollm2",
                         help="with --demo: smollm2 (default) or tiny (a random 2-layer Llama with random adapters: "
                         "nothing to install, answers in fluent nonsense)")

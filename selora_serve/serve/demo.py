@@ -36,7 +36,10 @@ TINY_ADAPTERS = {
 }
 SERVED_NAME = {"smollm2": "smollm2", "tiny": "tiny-llama"}
 # CPU-friendly: an explicit KV cache size (a share of memory fails on hosts with a small NUMA node).
-DEMO_VLLM_OPTIONS = (("--max-model-len", "2048"), ("--enforce-eager", None), ("--kv-cache-memory-bytes", "1G"))
+# The demo has no API key: it listens on this host only unless --host says otherwise (vLLM's own
+# default is every interface).
+DEMO_VLLM_OPTIONS = (("--max-model-len", "2048"), ("--enforce-eager", None), ("--kv-cache-memory-bytes", "1G"),
+                     ("--host", "127.0.0.1"))
 
 
 def demo_options(model: str) -> tuple[tuple[str, str | None], ...]:

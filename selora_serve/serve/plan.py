@@ -36,9 +36,8 @@ from typing import Sequence
 from ..vllm_ext.admin import ENV_PINNED, PLUGIN_NAME as ADMIN_PLUGIN
 from ..vllm_ext.guard import ENV_MAX_BODY, ENV_TENANTS, PLUGIN_NAME as GUARD_PLUGIN
 from ..vllm_ext.host_cache import ENV_HOST_CACHE_FORM
-from ..vllm_ext.resolver import ENV_MAX_RANK
 from ..store.cache import AdapterCache, parse_size
-from ..store.catalog import DEFAULT_CACHE_BYTES, ENV_CACHE_BYTES, ENV_CACHE_DIR, ENV_DIRS, AdapterStore
+from ..store.catalog import DEFAULT_CACHE_BYTES, ENV_CACHE_BYTES, ENV_CACHE_DIR, ENV_DIRS, ENV_MAX_RANK, AdapterStore
 from ..store.catalog import cache_dir as store_cache_dir
 from ..store.s3 import is_remote
 from .preflight import check_model

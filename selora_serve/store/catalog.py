@@ -38,10 +38,17 @@ from .s3 import RemoteAdapter, S3Root, is_remote
 ENV_DIRS = "SELORA_ADAPTER_DIRS"  # the store roots, set by `selora-serve` (see AdapterStore.to_env)
 ENV_CACHE_DIR = "SELORA_ADAPTER_CACHE_DIR"  # where remote adapters are cached (--adapter-cache-dir)
 ENV_CACHE_BYTES = "SELORA_ADAPTER_CACHE_BYTES"  # its size bound (--adapter-cache-bytes)
+ENV_MAX_RANK = "SELORA_MAX_LORA_RANK"  # the engine's rank limit, checked before the engine is asked
 DEFAULT_CACHE_BYTES = 16 << 30
 
 
 logger = logging.getLogger("vllm.selora_serve")
+
+
+def max_rank_from_env(environ=os.environ) -> int | None:
+    """SELORA_MAX_LORA_RANK as set by the planner for the front ends (None: unchecked)."""
+    rank = environ.get(ENV_MAX_RANK)
+    return int(rank) if rank else None
 
 
 def cache_dir(environ=os.environ) -> Path:

@@ -133,7 +133,8 @@ class S3Server:
 class FaultProxy:
     """A TCP proxy on 127.0.0.1 in front of `port`, whose `mode` can be switched at run time:
     "pass" forwards, "refuse" resets every new connection and drops open ones, "stall" accepts
-    and reads but never answers (a store that hangs)."""
+    and reads but never answers (a store that hangs). `sent` counts the bytes it forwarded from the
+    server to its clients (what a bucket's egress bill counts)."""
 
     def __init__(self, target_port: int, target_host: str = HOST):
         self.target = (target_host, target_port)
@@ -145,6 +146,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
+        self.sent = 0
 
     def __enter__(self) -> "FaultProxy":
         self._thread.start()
@@ -202,8 +204,8 @@ class FaultProxy:
                 client.close()
                 continue
             self._track(upstream)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, count in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pipe, args=(a, b, count), daemon=True).start()
 
     def _swallow(self, sock: socket.socket) -> None:
         try:
@@ -212,7 +214,7 @@ class FaultProxy:
         except OSError:
             pass
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool = False) -> None:
         try:
             while True:
                 data = src.recv(1 << 16)
@@ -221,6 +223,9 @@ class FaultProxy:
                 while self.mode == "stall" and not self._stop.is_set():
                     time.sleep(0.05)
                 dst.sendall(data)
+                if count:
+                    with self._lock:
+                        self.sent += len(data)
         except OSError:
             pass
         finally:

@@ -27,18 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 from ..base_model import facts_of_model
 from ..store import AdapterError, AdapterStore
-from ..store.catalog import ENV_DIRS
+from ..store.catalog import ENV_DIRS, ENV_MAX_RANK, max_rank_from_env
 from ..store.checkout import ENV_SNAPSHOTS, checkout
 from . import metrics
 
 logger = logging.getLogger("vllm.selora_serve")
 
 RESOLVER_NAME = "selora-store"
-ENV_MAX_RANK = "SELORA_MAX_LORA_RANK"  # set by `selora-serve`; checked before the engine is asked
 
 
 def http_error(exc: AdapterError):
@@ -88,8 +86,7 @@ def register_from_env() -> bool:
 
     if RESOLVER_NAME in LoRAResolverRegistry.get_supported_resolvers():
         return True
-    rank = os.environ.get(ENV_MAX_RANK)
-    resolver = _make_resolver_class()(store, int(rank) if rank else None)
+    resolver = _make_resolver_class()(store, max_rank_from_env())
     LoRAResolverRegistry.register_resolver(RESOLVER_NAME, resolver)
     return True
 

@@ -118,6 +118,8 @@ def test_tenants(ray_app):
 def test_two_replicas_fetch_once_each_and_keep_affinity(ray_app):
     client = ray_app.client()
     assert all(f"{BASE}:affinity" not in s["held"] for s in ray_app.replica_states().values())
+    complete(client, "affinity", PROMPTS[:1])
+    time.sleep(3)  # the replica tells Serve's router what it holds (pushed every 0.1 s, then broadcast)
     for _ in range(6):
         complete(client, "affinity", PROMPTS[:1])
     states = ray_app.replica_states()
@@ -137,6 +139,26 @@ def test_eviction_unloads_from_vllm(ray_app):
     for state in ray_app.replica_states().values():
         assert len(state["held"]) <= HELD
         assert set(state["loaded"]) <= set(state["held"]), state
+
+
+def test_selora_metrics_reach_rays_export_per_replica(ray_app):
+    import ray
+
+    port = ray._private.worker._global_node.metrics_export_port
+    complete(ray_app.client(), "remote-haar", PROMPTS[:1])
+    replicas = set(ray_app.replica_states())
+    deadline, selora = time.monotonic() + 90, []
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            selora = [line for line in resp.read().decode().splitlines() if line.startswith("ray_selora_")]
+        loads = [line for line in selora if line.startswith("ray_selora_adapter_loads_total{")]
+        if ({r for r in replicas if any(f'replica="{r}"' in line for line in loads)} == replicas
+                and any(line.startswith("ray_selora_adapter_decode_seconds_count{") for line in selora)
+                and any(line.startswith("ray_selora_adapter_requests_total{") for line in selora)
+                and any(line.startswith("ray_selora_adapters_resident{") and 'tier="host"' in line for line in selora)):
+            return
+        time.sleep(3)
+    pytest.fail(f"selora_* metrics of replicas {replicas} not all in Ray's export: {selora[:40]}")
 
 
 def test_concurrent_first_requests_load_once(ray_app, reference):

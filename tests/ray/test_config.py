@@ -45,7 +45,7 @@ def test_usage_lists_every_key():
 
 def test_engine_options_come_from_the_planner(tiny_model, checkpoints, tmp_path):
     pytest.importorskip("ray.serve.llm")
-    from selora_serve.ray.app import REPLICA_ENV, llm_config
+    from selora_serve.ray.app import INHERITED_ENV, REPLICA_ENV, llm_config
 
     store = tmp_path / "store"
     shutil.copytree(checkpoints["haar"], store / "haar")
@@ -56,7 +56,7 @@ def test_engine_options_come_from_the_planner(tiny_model, checkpoints, tmp_path)
     assert kwargs["dtype"] == "float32" and kwargs["kv_cache_memory_bytes"] == 2 << 30, "CPU defaults, parsed"
     assert "--dtype float32" in notes
     env = config.runtime_env["env_vars"]
-    assert set(env) - {"VLLM_HOST_IP", "VLLM_CPU_OMP_THREADS_BIND"} <= set(REPLICA_ENV)
+    assert set(env) <= {*REPLICA_ENV, *INHERITED_ENV}, "the store's settings and what the builder's host gives"
     assert env["SELORA_ADAPTER_DIRS"] == str(store.resolve()) and env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
     assert config.lora_config.max_num_adapters_per_replica == kwargs["max_cpu_loras"]
     assert config.lora_config.dynamic_lora_loading_path is None, "the store, not Ray's downloader"

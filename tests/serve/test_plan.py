@@ -99,3 +99,13 @@ def test_guard_options_are_checked_before_vllm_starts(checkpoints, tiny_model, t
     with pytest.raises(ValueError, match="--max-body-bytes 100: expected at least 1024"):
         plan_guard(launch, max_body_bytes=100, environ={})
     assert plan_guard(launch, max_body_bytes=4096, environ={}).env["SELORA_MAX_BODY_BYTES"] == "4096"
+
+
+def test_demo_listens_on_loopback_unless_host_given(tmp_path):
+    parse = build_parser().parse_known_args
+    args, rest = parse(["--demo", "--demo-model", "tiny", "--demo-dir", str(tmp_path)])
+    argv = plan_from_args(args, rest).argv
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    args, rest = parse(["--demo", "--demo-model", "tiny", "--demo-dir", str(tmp_path), "--host", "0.0.0.0"])
+    argv = plan_from_args(args, rest).argv
+    assert argv.count("--host") == 1 and argv[argv.index("--host") + 1] == "0.0.0.0"

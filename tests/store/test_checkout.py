@@ -45,9 +45,14 @@ def test_checkout_from_a_bucket_reports_the_fetch_and_503_when_down(s3, bucket, 
     monkeypatch.setenv("SELORA_ADAPTER_CACHE_DIR", str(tmp_path / "cache"))
     s3.upload_dir(bucket, "p/haar", checkpoints["haar"])
     store, facts, fetches = AdapterStore([f"s3://{bucket}/p"]), BaseFacts.of(load_config(tiny_model)), []
+    size = sum(f.stat().st_size for f in checkpoints["haar"].iterdir() if f.is_file())
+    before = s3.proxy.sent
     assert co.checkout(store, "haar", facts, on_fetch=lambda *a: fetches.append(a)).is_dir()
+    first = s3.proxy.sent - before
     assert co.checkout(store, "haar", facts, on_fetch=lambda *a: fetches.append(a)).is_dir()
-    assert [(name, n > 0) for name, n, _ in fetches] == [("haar", True)], "fetched once, then the cache"
+    assert [(name, n) for name, n, _ in fetches] == [("haar", size)], "fetched once, then the cache"
+    assert size < first < size + 8192, "the proxy counts the bytes the bucket sent (objects + listings)"
+    assert s3.proxy.sent - before - first < 8192, "a cache hit sends a listing, not the objects"
     s3.proxy.set_mode("refuse")
     with pytest.raises(StoreUnavailable) as down:
         co.checkout(AdapterStore([f"s3://{bucket}/p"]), "never-fetched", facts)
