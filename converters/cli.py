@@ -33,6 +33,7 @@ examples:
   selora-convert to-peft ./ckpt ./ckpt-peft
   selora-convert merge ./ckpt --base ./llama ./llama-merged
   selora-convert from-peft ./some-lora ./ckpt2 --eta 0.6 --base ./llama
+  selora-convert quantize ./ckpt ./ckpt-int4 --bits 4
 """
 
 
@@ -111,6 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_basis(p)
     _add_overwrite(p)
 
+    p.add_argument("--bits", type=int, choices=(8, 4), default=None,
+                   help="store the fitted coefficients quantised to 8 or 4 bits (format version 3; lossy)")
+    p.add_argument("--group-size", type=int, default=128, help="coefficients per quantisation scale; default %(default)s")
+
+    p = sub.add_parser("quantize", help="store the coefficients as 8- or 4-bit integers with scales (lossy)",
+                       description="Write the checkpoint with its coefficients quantised (format version 3): "
+                       "symmetric absmax per group of --group-size coefficients, one float16 scale per group; "
+                       "4-bit values are packed two per byte. Prints the bytes before and after and the error "
+                       "of the dequantised coefficients. Everything that reads checkpoints (to-peft, merge, "
+                       "selora-serve) uses the dequantised adapter.")
+    p.add_argument("ckpt", metavar="CKPT", help="SeLoRA checkpoint directory (unquantised)")
+    p.add_argument("out", metavar="OUT", help="checkpoint directory to create")
+    p.add_argument("--bits", type=int, choices=(8, 4), required=True, help="bits per coefficient")
+    p.add_argument("--group-size", type=int, default=128, help="coefficients per scale; default %(default)s")
+    _add_overwrite(p)
+
     p = sub.add_parser("inspect", help="show parameters and bytes against dense LoRA",
                        description="Validate a checkpoint and report trainable parameters, their share of "
                        "the base model, and bytes on disk against the same adapter as dense LoRA.")
@@ -134,7 +151,9 @@ def _print_inspect(info: dict) -> None:
         ("trainable parameters", f"{fmt_int(info['trainable_parameters'])}"
          + (f" ({pct:.3f} % of {fmt_int(info['base_parameters'])})" if pct is not None else "")),
         ("same adapter as LoRA", f"{fmt_int(info['dense_lora_parameters'])} parameters"),
-        ("bytes on disk", f"{fmt_int(info['bytes_on_disk'])} ({info['coefficient_dtype']})"),
+        ("bytes on disk", f"{fmt_int(info['bytes_on_disk'])} ("
+         + (f"{info['coefficient_bits']}-bit coefficients, a float16 scale per {info['quant_group_size']}, "
+            if info["coefficient_bits"] else "") + f"{info['coefficient_dtype']})"),
         ("dense LoRA tensors", f"{fmt_int(info['dense_lora_bytes'])} ({info['coefficient_dtype']})"),
         ("ratio", f"{info['bytes_ratio']:.3f}x"),
     ]
@@ -145,6 +164,7 @@ def _print_inspect(info: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from selora_serve import convert
+    from selora_serve.checkpoint.quant import QuantSpec
     from selora_serve.config import SeLoRAConfig
 
     if args.command == "init":
@@ -169,10 +189,18 @@ def run(args: argparse.Namespace) -> int:
             args.peft_dir, args.out, eta=args.eta, basis=args.basis,
             wavelet=args.wavelet if args.basis == "wavelet" else None, seed=args.seed, base_dir=args.base,
             coefficient_dtype=args.coef_dtype, overwrite=args.overwrite, progress=_progress("projecting"),
+            quantization=QuantSpec(args.bits, args.group_size) if args.bits else None,
         )
         print(f"wrote {report.out}")
         print(f"relative error of dW = B A: {report.relative_error:.4f} "
               f"(worst module {report.worst_module}: {report.worst_error:.4f})")
+    elif args.command == "quantize":
+        report = convert.quantize(args.ckpt, args.out, bits=args.bits, group_size=args.group_size,
+                                  overwrite=args.overwrite)
+        print(f"wrote {report.out}: {report.bits}-bit coefficients, a float16 scale per {report.group_size}")
+        print(f"bytes on disk: {report.bytes_before:,} -> {report.bytes_after:,} "
+              f"({report.bytes_after / report.bytes_before:.3f}x)")
+        print(f"relative error of the coefficients: {report.relative_error:.4f} (largest: {report.max_abs_error:.3g})")
     elif args.command == "inspect":
         info = convert.inspect(args.ckpt)
         print(json.dumps(info, indent=2)) if args.json else _print_inspect(info)

@@ -15,6 +15,7 @@ from .adapter import BaseModelInfo, ModuleCoefficients, SpectralAdapter, init_ad
 from .base_model import fingerprint, load_config, num_parameters, target_shapes
 from .checkpoint import load_checkpoint, read_manifest, save_checkpoint
 from .checkpoint.format import bytes_on_disk, dense_lora_bytes
+from .checkpoint.quant import QuantSpec
 from .config import SeLoRAConfig
 from .merge import merge_model_dir
 from .peft_io import read_peft, write_peft
@@ -103,6 +104,7 @@ def from_peft(
     coefficient_dtype: str = "float32",
     overwrite: bool = False,
     progress: Progress = _no_progress,
+    quantization: QuantSpec | None = None,
 ) -> ProjectionReport:
     """Project a dense PEFT LoRA onto a spectral support; report the error of dW = B A."""
     dense = read_peft(peft_dir)
@@ -146,8 +148,43 @@ def from_peft(
         err = (diff / ref) ** 0.5 if ref > 0 else 0.0
         if err > worst[1]:
             worst = (name, err)
-    path = save_checkpoint(adapter, out, coefficient_dtype=coefficient_dtype, overwrite=overwrite)
+    path = save_checkpoint(adapter, out, coefficient_dtype=coefficient_dtype, overwrite=overwrite,
+                           quantization=quantization)
     return ProjectionReport((num / den) ** 0.5 if den > 0 else 0.0, worst[0], worst[1], path)
+
+
+@dataclass
+class QuantReport:
+    out: Path
+    bits: int
+    group_size: int
+    bytes_before: int
+    bytes_after: int
+    relative_error: float  # ||coef_hat - coef|| / ||coef|| over every coefficient
+    max_abs_error: float
+
+
+def quantize(ckpt: str | Path, out: str | Path, *, bits: int, group_size: int = 128,
+             overwrite: bool = False) -> QuantReport:
+    """Write `ckpt` with its coefficients quantised to `bits` (format version 3) at `out`, and
+    report the bytes and the error of the dequantised coefficients against the originals."""
+    spec = QuantSpec(bits, group_size)
+    manifest = read_manifest(ckpt)
+    if manifest.quantization is not None:
+        raise ValueError(f"{ckpt}: already quantised ({manifest.quantization.bits} bits); quantise the original")
+    adapter = load_checkpoint(ckpt, manifest=manifest)
+    path = save_checkpoint(adapter, out, coefficient_dtype=manifest.coefficient_dtype, overwrite=overwrite,
+                           quantization=spec)
+    back = load_checkpoint(path)
+    num = den = worst = 0.0
+    for name, m in adapter.modules.items():
+        for before, after in ((m.coef_a, back.modules[name].coef_a), (m.coef_b, back.modules[name].coef_b)):
+            diff = after.float() - before.float()
+            num += float(diff.square().sum())
+            den += float(before.float().square().sum())
+            worst = max(worst, float(diff.abs().max()))
+    return QuantReport(path, bits, group_size, bytes_on_disk(ckpt), bytes_on_disk(path),
+                       (num / den) ** 0.5 if den > 0 else 0.0, worst)
 
 
 def inspect(ckpt: str | Path, *, verify: bool = True) -> dict[str, Any]:
@@ -179,6 +216,9 @@ def inspect(ckpt: str | Path, *, verify: bool = True) -> dict[str, Any]:
         "trainable_percent": (100.0 * trainable / base_params) if base_params else None,
         "dense_lora_parameters": dense_params,
         "coefficient_dtype": manifest.coefficient_dtype,
+        "format_version": manifest.version,
+        "coefficient_bits": manifest.quantization.bits if manifest.quantization else None,
+        "quant_group_size": manifest.quantization.group_size if manifest.quantization else None,
         "bytes_on_disk": on_disk,
         "dense_lora_bytes": dense_bytes,
         "bytes_ratio": on_disk / dense_bytes,

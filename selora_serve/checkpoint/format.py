@@ -1,10 +1,13 @@
-"""Reading and writing compact spectral checkpoints (format version 1, docs/FORMAT.md).
+"""Reading and writing compact spectral checkpoints (format versions 1-3, docs/FORMAT.md).
 
 A checkpoint is a directory with two files:
 
     selora_config.json               manifest: format, version, config, base model, modules, Omega
+                                     (and, version 3, the quantisation of the coefficients)
     selora_coefficients.safetensors  "{module}.coef_a" (k_A,), "{module}.coef_b" (k_B,)
-                                     and, for SeDoRA, "{module}.magnitude" (out_features,)
+                                     and, for SeDoRA, "{module}.magnitude" (out_features,);
+                                     quantised: coef_a / coef_b as int8 (or packed int4) values
+                                     with "{module}.coef_a.scale" / ".coef_b.scale" per group
 
 `read_manifest` validates the JSON alone (cheap: no tensors, no allocation proportional to the
 declared shapes); `load_checkpoint` also validates every tensor and every Omega checksum, and,
@@ -28,14 +31,17 @@ from ..atomic import atomic_directory
 from ..config import ConfigError, SeLoRAConfig
 from ..spectral.materialise import MatrixLayout, layout_for
 from ..spectral.omega import num_coefficients, omega_digest
+from .quant import SCALE_DTYPE_NAME, QuantSpec, dequantize, quantize
+from .safetensors_bytes import _SAFETENSORS, all_finite_fast, safetensors_layout
 
 CONFIG_FILE = "selora_config.json"
 COEF_FILE = "selora_coefficients.safetensors"
 FORMAT_NAME = "selora"
-FORMAT_VERSION = 2  # what writers write
+FORMAT_VERSION = 2  # what writers write for unquantised coefficients
+QUANT_VERSION = 3  # what they write for quantised ones (version 2 + "quantization", section 10)
 # Versions readers accept. Version 1's basis "fourier" (Re(ifft2)) is version 2's "fourier-real";
 # version 2's "fourier" is the orthonormal Hartley basis (docs/FORMAT.md, section 9).
-READ_VERSIONS = (1, 2)
+READ_VERSIONS = (1, 2, 3)
 # Any real linear layer is far smaller; larger declared shapes are refused before anything is
 # allocated, so a hostile manifest cannot make a loader reserve huge buffers.
 MAX_FEATURES = 1 << 20
@@ -62,6 +68,8 @@ class Manifest:
     coefficient_dtype: str
     modules: dict[str, tuple[int, int]]  # name -> (in_features, out_features)
     omega: dict[str, dict[str, Any]]
+    quantization: QuantSpec | None = None  # version 3: how coef_a / coef_b are stored
+    version: int = FORMAT_VERSION
 
     def layouts(self) -> dict[str, MatrixLayout]:
         """Every matrix layout used by the modules, keyed like the manifest's "omega" (computed
@@ -170,7 +178,7 @@ def parse_manifest(root: str | Path, raw: bytes | str) -> Manifest:
     manifest = Manifest(
         root, config,
         BaseModelInfo(base["name"], base["fingerprint"], base.get("num_parameters")),
-        dtype, modules, omega,
+        dtype, modules, omega, _quantization(file, data, version), version,
     )
     expected = manifest.layouts()
     if set(omega) != set(expected):
@@ -185,6 +193,24 @@ def parse_manifest(root: str | Path, raw: bytes | str) -> Manifest:
         if not isinstance(entry.get("sha256"), str):
             raise CheckpointError(file, f"omega.{key}.sha256", "missing")
     return manifest
+
+
+def _quantization(file: Path, data: dict, version: int) -> QuantSpec | None:
+    if "quantization" not in data:
+        return None
+    raw = data["quantization"]
+    if version < QUANT_VERSION:
+        raise CheckpointError(file, "quantization", f"a version {QUANT_VERSION} field; this manifest says version "
+                              f"{version}")
+    if not isinstance(raw, dict) or set(raw) != {"bits", "group_size", "scale_dtype"}:
+        raise CheckpointError(file, "quantization", 'expected {"bits": 8|4, "group_size": int, "scale_dtype": '
+                              f'"{SCALE_DTYPE_NAME}"}}, got {raw!r:.120}')
+    if raw["scale_dtype"] != SCALE_DTYPE_NAME:
+        raise CheckpointError(file, "quantization.scale_dtype", f"expected {SCALE_DTYPE_NAME!r}, got {raw['scale_dtype']!r}")
+    try:
+        return QuantSpec(raw["bits"], raw["group_size"])
+    except ValueError as exc:
+        raise CheckpointError(file, "quantization", str(exc)) from None
 
 
 def check_against_base(manifest: Manifest, base_config) -> None:
@@ -225,15 +251,37 @@ def _check_tensor_names(file: Path, expected, found) -> None:
         raise CheckpointError(file, extra[0], "unexpected tensor (not declared by the manifest)")
 
 
-def _expected_tensors(manifest: Manifest) -> dict[str, tuple[int]]:
+def _coefficient_counts(manifest: Manifest) -> dict[str, int]:
+    """{"P.coef_a" / "P.coef_b": k} of every module."""
     c = manifest.config
-    out: dict[str, tuple[int]] = {}
+    out = {}
     for name, (d_in, d_out) in manifest.modules.items():
-        out[f"{name}.coef_a"] = (num_coefficients(c.eta, (c.r, d_in)),)
-        out[f"{name}.coef_b"] = (num_coefficients(c.eta, (d_out, c.r)),)
-        if c.variant == "sedora":
-            out[f"{name}.magnitude"] = (d_out,)
+        out[f"{name}.coef_a"] = num_coefficients(c.eta, (c.r, d_in))
+        out[f"{name}.coef_b"] = num_coefficients(c.eta, (d_out, c.r))
     return out
+
+
+def _expected_tensors(manifest: Manifest) -> dict[str, tuple[tuple[int], str]]:
+    """{tensor name: (shape, torch dtype name)} of the coefficient file."""
+    q, dtype = manifest.quantization, manifest.coefficient_dtype
+    out: dict[str, tuple[tuple[int], str]] = {}
+    for key, k in _coefficient_counts(manifest).items():
+        if q is None:
+            out[key] = ((k,), dtype)
+        else:
+            out[key] = ((q.stored_len(k),), str(q.stored_dtype()).removeprefix("torch."))
+            out[f"{key}.scale"] = ((q.groups(k),), SCALE_DTYPE_NAME)
+    if manifest.config.variant == "sedora":
+        for name, (_, d_out) in manifest.modules.items():
+            out[f"{name}.magnitude"] = ((d_out,), dtype)
+    return out
+
+
+def _shape_error(manifest: Manifest, key: str, got: tuple, shape: tuple) -> str:
+    if manifest.quantization is None or key.endswith(".magnitude"):
+        return (f"has {got[0] if len(got) == 1 else got} coefficients, expected k = {shape[0]} "
+                "(round((1 - eta) * m * n) for this module)")
+    return f"has shape {list(got)}, expected {list(shape)} for {manifest.quantization.bits}-bit coefficients"
 
 
 def _read_tensors(manifest: Manifest, check_values: bool = True, data: bytes | None = None) -> dict[str, torch.Tensor]:
@@ -253,89 +301,24 @@ def _read_tensors(manifest: Manifest, check_values: bool = True, data: bytes | N
     except OSError as exc:
         raise CheckpointError(file, "(file)", f"cannot read ({exc})") from None
     _check_tensor_names(file, expected, tensors)
-    want_dtype = DTYPES[manifest.coefficient_dtype]
-    for key, shape in expected.items():
+    for key, (shape, dtype) in expected.items():
         got = tensors[key]
         if tuple(got.shape) != shape:
-            raise CheckpointError(
-                file, key,
-                f"has {got.shape[0] if got.ndim == 1 else tuple(got.shape)} coefficients, expected "
-                f"k = {shape[0]} (round((1 - eta) * m * n) for this module)",
-            )
-        if got.dtype != want_dtype:
+            raise CheckpointError(file, key, _shape_error(manifest, key, tuple(got.shape), shape))
+        if str(got.dtype).removeprefix("torch.") != dtype:
             name = str(got.dtype).removeprefix("torch.")
-            raise CheckpointError(file, key, f"dtype {name}, manifest says {manifest.coefficient_dtype}")
+            raise CheckpointError(file, key, f"dtype {name}, manifest says {dtype}")
     # One reduction instead of an elementwise test: any NaN/Inf makes the sum non-finite. (So
-    # can an overflow of finite values; the exact test below then finds no culprit.)
-    if check_values and not _all_finite_fast(data, want_dtype):
-        for key in expected:  # slow path, only to name the culprit
-            bad = int((~torch.isfinite(tensors[key])).sum())
-            if bad:
-                raise CheckpointError(file, key, f"{bad} NaN/Inf value(s); coefficients must be finite")
+    # can an overflow of finite values; the exact test below then finds no culprit.) Quantised
+    # files mix integer values with float scales: their float tensors are tested one by one.
+    uniform = manifest.quantization is None
+    if check_values and not (uniform and all_finite_fast(data, DTYPES[manifest.coefficient_dtype])):
+        for key, (_, dtype) in expected.items():  # slow path: names the culprit
+            if dtype in DTYPES or dtype == SCALE_DTYPE_NAME:
+                bad = int((~torch.isfinite(tensors[key])).sum())
+                if bad:
+                    raise CheckpointError(file, key, f"{bad} NaN/Inf value(s); coefficients must be finite")
     return {key: tensors[key] for key in expected}
-
-
-SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
-# safetensors dtype code -> (bytes per value, torch's name for it)
-_SAFETENSORS = {"F64": (8, "float64"), "F32": (4, "float32"), "F16": (2, "float16"), "BF16": (2, "bfloat16"),
-                "I64": (8, "int64"), "I32": (4, "int32"), "I16": (2, "int16"), "I8": (1, "int8"), "U8": (1, "uint8"),
-                "BOOL": (1, "bool"), "U64": (8, "uint64"), "U32": (4, "uint32"), "U16": (2, "uint16"),
-                "C64": (8, "complex64"), "F8_E4M3": (1, "float8_e4m3fn"), "F8_E5M2": (1, "float8_e5m2")}
-MAX_SAFETENSORS_HEADER = 100_000_000  # safetensors' own limit
-
-
-def safetensors_layout(data: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """The tensors of a safetensors file's bytes, {name: (dtype code, shape)}, from its header
-    alone, with every check safetensors' own parser makes (header bounds and JSON, every tensor's
-    byte count from its dtype and shape, offsets contiguous from 0 to the end of the file, no
-    hole, no overlap) and some it does not (a tensor declared twice, unknown keys). ValueError naming the
-    defect. Nothing is copied: a file this accepts, `safetensors.torch.load` loads."""
-    if len(data) < 8:
-        raise ValueError("shorter than the 8-byte header length")
-    n = int.from_bytes(data[:8], "little")
-    if n > MAX_SAFETENSORS_HEADER or 8 + n > len(data):
-        raise ValueError(f"header length {n} does not fit the file's {len(data)} bytes")
-    raw = bytes(data[8:8 + n])
-    if not raw.startswith(b"{"):
-        raise ValueError("header does not start with '{'")
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
-    meta = header.pop("__metadata__", {})
-    if raw.count(b'"data_offsets"') != len(header):  # a name given twice (JSON keeps the last)
-        raise ValueError("a tensor is declared more than once")
-    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-        raise ValueError("__metadata__ must map strings to strings")
-    spans, out = [], {}
-    for name, info in header.items():
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise ValueError(f"{name}: expected dtype, shape and data_offsets")
-        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in _SAFETENSORS:
-            raise ValueError(f"{name}: unknown dtype {dtype!r}")
-        ints = lambda xs: isinstance(xs, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
-                                                       for x in xs)
-        if not ints(shape) or not ints(offsets) or len(offsets) != 2:
-            raise ValueError(f"{name}: shape and data_offsets must be lists of non-negative integers")
-        start, end = offsets
-        count = 1
-        for dim in shape:
-            count *= dim
-        if end < start or end - start != count * _SAFETENSORS[dtype][0]:
-            raise ValueError(f"{name}: data_offsets {offsets} do not hold {dtype} {shape}")
-        spans.append((start, end, name))
-        out[name] = (dtype, tuple(shape))
-    position = 0
-    for start, end, name in sorted(spans):
-        if start != position:
-            raise ValueError(f"{name}: data_offsets start at {start}, expected {position} (a hole or an overlap)")
-        position = end
-    if 8 + n + position != len(data):
-        raise ValueError(f"the tensors cover {position} bytes of data, the file holds {len(data) - 8 - n}")
-    return out
 
 
 def check_coefficients(manifest: Manifest, data: bytes) -> None:
@@ -349,34 +332,15 @@ def check_coefficients(manifest: Manifest, data: bytes) -> None:
         raise CheckpointError(file, "(file)", f"corrupt or truncated safetensors ({exc})") from None
     expected = _expected_tensors(manifest)
     _check_tensor_names(file, expected, layout)
-    want = SAFETENSORS_DTYPES[manifest.coefficient_dtype]
-    for key, shape in expected.items():
-        dtype, got = layout[key]
+    for key, (shape, want) in expected.items():
+        code, got = layout[key]
         if got != shape:
-            raise CheckpointError(file, key, f"has {got[0] if len(got) == 1 else got} coefficients, expected "
-                                  f"k = {shape[0]} (round((1 - eta) * m * n) for this module)")
-        if dtype != want:
-            raise CheckpointError(file, key, f"dtype {_SAFETENSORS[dtype][1]}, manifest says {manifest.coefficient_dtype}")
-    if not _all_finite_fast(data, DTYPES[manifest.coefficient_dtype]):
+            raise CheckpointError(file, key, _shape_error(manifest, key, got, shape))
+        if _SAFETENSORS[code][1] != want:
+            raise CheckpointError(file, key, f"dtype {_SAFETENSORS[code][1]}, manifest says {want}")
+    if manifest.quantization is not None or not all_finite_fast(data, DTYPES[manifest.coefficient_dtype]):
         _read_tensors(manifest, check_values=True, data=data)  # the exact test, to name the culprit
     verify_omega(manifest)
-
-
-def _all_finite_fast(data: bytes, dtype: torch.dtype) -> bool:
-    """True if the float32 sum of every value in the safetensors file `data` is finite: always so
-    when all values are finite, unless the sum overflows (then callers run the exact per-tensor
-    test). Call only once every tensor is known to have `dtype`: the data region after the header
-    is then exactly their values (the format allows no holes), summed in place without a copy."""
-    start = 8 + int.from_bytes(data[:8], "little")
-    size = torch.empty((), dtype=dtype).element_size()
-    if (len(data) - start) % size:
-        return False  # not the layout assumed above: let the exact test decide
-    if len(data) == start:
-        return True
-    with warnings.catch_warnings():  # read-only bytes: the view is only summed, never written
-        warnings.simplefilter("ignore", UserWarning)
-        values = torch.frombuffer(data, dtype=dtype, offset=start)
-    return bool(torch.isfinite(values.sum(dtype=torch.float32)))
 
 
 def verify_omega(manifest: Manifest) -> None:
@@ -411,6 +375,11 @@ def load_checkpoint(
     tensors = _read_tensors(manifest, check_values=verify, data=coefficients)
     if verify:
         verify_omega(manifest)
+    q = manifest.quantization
+    if q is not None:  # the dequantised coefficients, in the manifest's coefficient dtype
+        dtype = DTYPES[manifest.coefficient_dtype]
+        for key, k in _coefficient_counts(manifest).items():
+            tensors[key] = dequantize(tensors[key], tensors.pop(f"{key}.scale"), k, q).to(dtype)
     adapter = SpectralAdapter(manifest.config, manifest.base)
     for name, (d_in, d_out) in manifest.modules.items():
         adapter.modules[name] = ModuleCoefficients(
@@ -419,7 +388,8 @@ def load_checkpoint(
     return adapter
 
 
-def manifest_dict(adapter: SpectralAdapter, coefficient_dtype: str) -> dict[str, Any]:
+def manifest_dict(adapter: SpectralAdapter, coefficient_dtype: str,
+                  quantization: QuantSpec | None = None) -> dict[str, Any]:
     layouts = {}
     for layout in adapter.layouts().values():
         layouts[shape_key(layout.shape)] = {
@@ -430,9 +400,9 @@ def manifest_dict(adapter: SpectralAdapter, coefficient_dtype: str) -> dict[str,
     base = {"name": adapter.base.name, "fingerprint": adapter.base.fingerprint}
     if adapter.base.num_parameters is not None:
         base["num_parameters"] = adapter.base.num_parameters
-    return {
+    out = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if quantization is None else QUANT_VERSION,
         "created_by": f"selora-serve {__version__}",
         "config": adapter.config.to_dict(),
         "base_model": base,
@@ -443,6 +413,9 @@ def manifest_dict(adapter: SpectralAdapter, coefficient_dtype: str) -> dict[str,
         },
         "omega": dict(sorted(layouts.items())),
     }
+    if quantization is not None:
+        out["quantization"] = quantization.to_dict()
+    return out
 
 
 def save_checkpoint(
@@ -451,8 +424,11 @@ def save_checkpoint(
     *,
     coefficient_dtype: str = "float32",
     overwrite: bool = False,
+    quantization: QuantSpec | None = None,
 ) -> Path:
-    """Write `adapter` atomically as a checkpoint directory at `path`."""
+    """Write `adapter` atomically as a checkpoint directory at `path`; with `quantization`, its
+    coefficients as `quantization.bits`-bit values and scales (format version 3, lossy; the
+    magnitudes of SeDoRA stay in `coefficient_dtype`)."""
     from safetensors.torch import save_file
 
     if coefficient_dtype not in DTYPES:
@@ -469,9 +445,14 @@ def save_checkpoint(
     for key, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
             raise ValueError(f"{key}: refusing to save NaN/Inf coefficients")
-    manifest = manifest_dict(adapter, coefficient_dtype)
+    if quantization is not None:
+        for name in adapter.modules:
+            for key in (f"{name}.coef_a", f"{name}.coef_b"):
+                tensors[key], tensors[f"{key}.scale"] = quantize(tensors[key], quantization)
+    manifest = manifest_dict(adapter, coefficient_dtype, quantization)
     with atomic_directory(path, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp / COEF_FILE), metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
+        save_file(tensors, str(tmp / COEF_FILE), metadata={"format": FORMAT_NAME,
+                                                           "format_version": str(manifest["format_version"])})
         (tmp / CONFIG_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return Path(path)
 

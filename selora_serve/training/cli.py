@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--export-peft", metavar="DIR", default=None,
                     help="also write the trained adapter as a dense PEFT LoRA directory here (spectral variants)")
     add_coef_dtype_option(io)
+    io.add_argument("--coef-bits", type=int, choices=(8, 4), default=None,
+                    help="store the trained coefficients quantised to 8 or 4 bits (format version 3; lossy, "
+                    "a float16 scale per 128 coefficients); --export-peft then writes the dequantised adapter")
     io.add_argument("--overwrite", action="store_true",
                     help="replace existing outputs; without --resume also discards OUT.train checkpoints")
 
@@ -146,7 +149,8 @@ def job_from_args(args: argparse.Namespace):
         model=args.model, data=args.data, out=args.out,
         spec=AdapterSpec.for_variant(args.variant, config, dropout=args.dropout), train=train,
         data_format=args.data_format, device=args.device, dtype=args.dtype, export_peft=args.export_peft,
-        coefficient_dtype=args.coef_dtype, overwrite=args.overwrite, resume=args.resume,
+        coefficient_dtype=args.coef_dtype, coefficient_bits=args.coef_bits, overwrite=args.overwrite,
+        resume=args.resume,
         keep_work_dir=args.keep_work_dir,
     )
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..adapter import BaseModelInfo, SpectralAdapter
 from ..atomic import atomic_directory
-from ..checkpoint import save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import SeLoRAConfig
 from ..peft_io import PEFT_CONFIG, PEFT_WEIGHTS, PREFIX, peft_config_dict, write_peft
 from .inject import extract_adapter, extract_dense
@@ -59,6 +59,7 @@ def write_result(
     export_peft: str | Path | None = None,
     coefficient_dtype: str = "float32",
     overwrite: bool = False,
+    quantization=None,
 ) -> list[Path]:
     """Write the adapter trained in `model`; returns the paths written."""
     if spec.dense:
@@ -66,7 +67,10 @@ def write_result(
             raise ValueError("--export-peft is for spectral variants: --variant lora already writes a PEFT directory at --out")
         return [write_dense_peft(extract_dense(model), spec.config, base, out, overwrite=overwrite)]
     adapter = extract_adapter(model, spec, base)
-    written = [save_checkpoint(adapter, out, coefficient_dtype=coefficient_dtype, overwrite=overwrite)]
+    written = [save_checkpoint(adapter, out, coefficient_dtype=coefficient_dtype, overwrite=overwrite,
+                               quantization=quantization)]
     if export_peft is not None:
+        if quantization is not None:  # the twin of what was written: the dequantised adapter
+            adapter = load_checkpoint(written[0])
         written.append(write_peft(adapter, export_peft, overwrite=overwrite))
     return written

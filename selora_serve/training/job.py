@@ -28,6 +28,7 @@ from torch import nn
 from ..convert import base_info
 from .checkpoints import work_dir_for
 from .data import FORMATS, load_examples, pad_token_id
+from ..checkpoint.quant import QuantSpec
 from .export import write_result
 from .inject import inject, trainable_parameters
 from .layers import AdapterSpec
@@ -49,6 +50,7 @@ class TrainJob:
     dtype: str = "float32"  # the base model's weights; adapter parameters are always float32
     export_peft: str | None = None
     coefficient_dtype: str = "float32"
+    coefficient_bits: int | None = None  # quantise the exported coefficients (format version 3)
     overwrite: bool = False
     resume: bool = False
     keep_work_dir: bool = False
@@ -60,6 +62,10 @@ class TrainJob:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.coefficient_dtype not in COEF_DTYPES:
             raise ValueError(f"coefficient dtype must be one of {', '.join(COEF_DTYPES)}, got {self.coefficient_dtype!r}")
+        if self.coefficient_bits is not None:
+            if self.spec.dense:
+                raise ValueError("--coef-bits quantises spectral coefficients: --variant lora has none")
+            QuantSpec(self.coefficient_bits)  # ValueError naming the value
         if self.spec.dense and self.export_peft is not None:
             raise ValueError("--export-peft is for spectral variants: --variant lora already writes a PEFT directory at --out")
         resolve_device(self.device)
@@ -140,6 +146,7 @@ def train(
     written = write_result(
         model, job.spec, base, job.out, export_peft=job.export_peft,
         coefficient_dtype=job.coefficient_dtype, overwrite=job.overwrite,
+        quantization=QuantSpec(job.coefficient_bits) if job.coefficient_bits else None,
     )
     if not job.keep_work_dir:
         shutil.rmtree(work, ignore_errors=True)

@@ -87,8 +87,8 @@ def test_garbage_manifest(ckpt):
 
 
 def test_unknown_version(ckpt):
-    _edit_manifest(ckpt, lambda d: d.update(format_version=3))
-    _expect(ckpt, CONFIG_FILE, "format_version", "unsupported version 3: this build of selora-serve reads versions 1, 2")
+    _edit_manifest(ckpt, lambda d: d.update(format_version=4))
+    _expect(ckpt, CONFIG_FILE, "format_version", "unsupported version 4: this build of selora-serve reads versions 1, 2, 3")
 
 
 def test_version_1_fourier_reads_as_fourier_real_with_the_same_numbers(checkpoints, tmp_path):
@@ -271,7 +271,7 @@ def test_header_only_check_is_never_laxer_than_safetensors(checkpoints):
     from safetensors.torch import load
 
     from selora_serve.checkpoint import COEF_FILE
-    from selora_serve.checkpoint.format import safetensors_layout
+    from selora_serve.checkpoint.safetensors_bytes import safetensors_layout
 
     data = (checkpoints["haar"] / COEF_FILE).read_bytes()
     want = {k: (v.dtype, tuple(v.shape)) for k, v in load(data).items()}

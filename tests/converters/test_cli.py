@@ -24,7 +24,8 @@ def test_help_teaches():
     out = cli("--help").stdout
     for word in ("init", "to-peft", "merge", "from-peft", "inspect", "docs/FORMAT.md", "examples:"):
         assert word in out
-    for sub, word in [("init", "--random-b"), ("to-peft", "PEFT"), ("merge", "W0"), ("from-peft", "relative error"), ("inspect", "--json")]:
+    for sub, word in [("init", "--random-b"), ("to-peft", "PEFT"), ("merge", "W0"), ("from-peft", "relative error"), ("inspect", "--json"),
+                      ("quantize", "float16 scale")]:
         assert word in cli(sub, "--help").stdout
 
 
@@ -53,6 +54,10 @@ def test_init_inspect_to_peft_merge_from_peft(tiny_model, tmp_path):
     # ... onto another basis only approximately.
     out = cli("from-peft", peft_dir, tmp_path / "lossy", "--eta", 0.6, "--basis", "fourier", "--base", tiny_model).stdout
     assert 0.05 < float(out.split("relative error of dW = B A: ")[1].split()[0]) < 1.0
+    # ... and, quantised, as a version 3 checkpoint.
+    cli("from-peft", peft_dir, tmp_path / "q8", "--eta", 0.6, "--base", tiny_model, "--bits", 8)
+    info = json.loads(cli("inspect", tmp_path / "q8", "--json").stdout)
+    assert (info["format_version"], info["coefficient_bits"], info["quant_group_size"]) == (3, 8, 128)
 
 
 def test_errors_are_one_clear_line(tiny_model, tmp_path):

@@ -45,3 +45,23 @@ def test_trains_and_writes_a_checkpoint_or_names_the_bad_line(tiny_model, qa_fil
     assert proc.returncode == 2
     assert f"selora-train: error: {bad}:3: missing field 'output'" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "x").exists()
+
+
+def test_coef_bits_writes_a_quantised_checkpoint_and_its_dequantised_twin(tiny_model, qa_file, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from selora_serve.convert import to_peft
+
+    out = tmp_path / "q"
+    cli("--model", tiny_model, "--data", qa_file, "--out", out, "--rank", 4, "--alpha", 8, "--targets", "q_proj",
+        "--epochs", 1, "--batch-size", 3, "--quiet", "--coef-bits", 4, "--export-peft", tmp_path / "peft")
+    manifest = read_manifest(out)
+    assert manifest.version == 3 and manifest.quantization.bits == 4
+    twin = load_file(tmp_path / "peft" / "adapter_model.safetensors")
+    again = load_file(to_peft(out, tmp_path / "again") / "adapter_model.safetensors")
+    assert twin.keys() == again.keys() and all(torch.equal(twin[k], again[k]) for k in twin), \
+        "--export-peft writes the dequantised adapter"
+    lora = cli("--model", tiny_model, "--data", qa_file, "--out", tmp_path / "l", "--variant", "lora",
+               "--coef-bits", 8, "--quiet", ok=False)
+    assert lora.returncode == 2 and "--coef-bits quantises spectral coefficients" in lora.stderr

@@ -88,3 +88,22 @@ def test_mismatched_checkpoint_is_refused_and_engine_keeps_serving(vllm_engine, 
         vllm_engine.llm_engine.add_lora(LoRARequest("bad", ID_BASE + 50, str(bad)))
     good = LoRARequest("after-bad", ID_BASE + 51, str(ckpts["db4"]))
     assert _greedy(vllm_engine, prompts, good) == expected["db4"]
+
+
+def test_quantised_checkpoints_serve_as_their_dequantised_adapter(vllm_engine, tiny_model, adapters, tmp_path):
+    """An int8 / int4 checkpoint (format version 3) in vLLM equals transformers + PEFT on its own
+    dequantised adapter (`to-peft` of the quantised checkpoint)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from vllm.lora.request import LoRARequest
+
+    from selora_serve.convert import quantize
+
+    ckpts, _, prompts = adapters
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    for i, bits in enumerate((8, 4)):
+        ckpt = quantize(ckpts["fourier"], tmp_path / f"int{bits}", bits=bits).out
+        base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, str(to_peft(ckpt, tmp_path / f"int{bits}-peft"))).eval()
+        want = hf_greedy(model, tok, prompts)
+        assert _greedy(vllm_engine, prompts, LoRARequest(f"int{bits}", ID_BASE + 60 + i, str(ckpt))) == want, bits
