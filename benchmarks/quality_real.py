@@ -161,8 +161,37 @@ def _rss_kib() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def run_one(model_dir: str, sizes: Sizes, method: str, seed: int, lr: float, device: str, threads: int) -> dict:
-    """Train one adapter and score it; returns its record."""
+def quantised_scores(model, examples: list[Example], pad_id: int, bits: tuple[int, ...]) -> dict[int, dict]:
+    """{bits: test scores} of the trained spectral adapter in `model` with its coefficients
+    quantised as a format version 3 checkpoint stores them (per factor, default group size) and
+    dequantised; the trained coefficients are restored afterwards."""
+    from selora_serve.checkpoint.quant import QuantSpec, dequantize, quantize
+    from selora_serve.training.layers import SpectralFactor
+
+    factors = [m for m in model.modules() if isinstance(m, SpectralFactor)]
+    trained = [f.theta.detach().clone() for f in factors]
+    out = {}
+    try:
+        for b in bits:
+            spec = QuantSpec(b)
+            with torch.no_grad():
+                for f in factors:
+                    coef = f.coefficients().detach()
+                    deq = dequantize(*quantize(coef, spec), coef.numel(), spec)
+                    f.theta.copy_((deq / f.gain).to(f.theta))
+            loss, acc = evaluate(model, examples, pad_id)
+            out[b] = {"heldout_accuracy": acc, "heldout_loss": loss}
+    finally:
+        with torch.no_grad():
+            for f, theta in zip(factors, trained):
+                f.theta.copy_(theta)
+    return out
+
+
+def run_one(model_dir: str, sizes: Sizes, method: str, seed: int, lr: float, device: str, threads: int,
+            quant_bits: tuple[int, ...] = ()) -> dict:
+    """Train one adapter and score it; returns its record (with `quantised` scores per bits of
+    `quant_bits`, for spectral methods)."""
     from selora_serve.training.data import pad_token_id
     from selora_serve.training.inject import inject, trainable_parameters
     from selora_serve.training.job import load_model, load_tokenizer
@@ -184,6 +213,7 @@ def run_one(model_dir: str, sizes: Sizes, method: str, seed: int, lr: float, dev
     result = fit(model, data["train"], config, pad_id=pad, progress=False)
     val_loss, val_acc = evaluate(model, data["validation"], pad)
     test_loss, test_acc = evaluate(model, data["test"], pad)
+    quantised = quantised_scores(model, data["test"], pad, quant_bits) if quant_bits and not spec.dense else {}
     timed = result.step_seconds[2:] or result.step_seconds
     timed_cpu = result.step_cpu_seconds[2:] or result.step_cpu_seconds
     peak = (torch.cuda.max_memory_allocated() // 1024 if device.startswith("cuda")
@@ -196,6 +226,7 @@ def run_one(model_dir: str, sizes: Sizes, method: str, seed: int, lr: float, dev
         "steps": result.steps, "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1],
         "peak_memory_mib": peak / 1024, "peak_memory_over_model_mib": (peak - (0 if device.startswith("cuda") else rss_loaded)) / 1024,
         "peak_memory_kind": "cuda max_memory_allocated" if device.startswith("cuda") else "process peak RSS",
+        **({"quantised": quantised} if quantised else {}),
     }
 
 
