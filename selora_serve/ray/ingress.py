@@ -16,7 +16,6 @@ routes; each replica fetches, verifies and decodes its own (`server.StoreLoader`
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
@@ -25,9 +24,6 @@ from ray.serve.llm.ingress import OpenAiIngress
 from ..store import AdapterStore
 from ..vllm_ext.guard import Guard
 from . import pin
-
-logger = logging.getLogger("ray.serve.selora")
-
 
 ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 503: "ServiceUnavailableError"}
 
@@ -89,19 +85,22 @@ class SeloraIngress(OpenAiIngress):
     async def _names(self) -> list[str]:
         return await asyncio.to_thread(self._store.names)
 
+    def _card(self, base: str, name: str):
+        """The model card of adapter `name` on the base model `base` (its base's, renamed)."""
+        return self._model_cards[base].model_copy(update={"id": f"{base}:{name}", "root": f"{base}:{name}",
+                                                          "parent": base})
+
     async def model(self, model_id: str):
         if model_id in self._model_cards:
             return self._model_cards[model_id]
         base, _, name = self._adapter_id(model_id).partition(":")
         if base not in self._model_cards or name not in await self._names():
             return None
-        card = self._model_cards[base]
-        return card.model_copy(update={"id": f"{base}:{name}", "root": f"{base}:{name}", "parent": base})
+        return self._card(base, name)
 
     async def models(self):
         listing = await super().models()
         names = await self._names()
-        for base, card in self._model_cards.items():
-            listing.data += [card.model_copy(update={"id": f"{base}:{n}", "root": f"{base}:{n}", "parent": base})
-                             for n in names]
+        for base in self._model_cards:
+            listing.data += [self._card(base, n) for n in names]
         return listing
