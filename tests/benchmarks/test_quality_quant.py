@@ -53,3 +53,12 @@ def test_quantised_scores_restore_the_trained_coefficients(tiny_model):
     assert not torch.equal(seen[0], trained) and not torch.equal(seen[1], seen[0]), "evaluated quantised, per bits"
     assert (seen[1] - trained).abs().max() > (seen[0] - trained).abs().max(), "4 bits err more than 8"
     assert all(torch.equal(f.theta, t) for f, t in zip(factors, before)), "restored"
+
+
+def test_without_chosen_learning_rates_it_says_what_to_run(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        quality_quant.main(["--lrs", str(tmp_path / "none.json"), "--results", str(tmp_path / "r.jsonl")])
+    err = capsys.readouterr().err
+    assert "no chosen learning rate for selora-w-haar, selora-w-db4, selora-f; run benchmarks/quality_real.py" in err

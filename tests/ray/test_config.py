@@ -93,3 +93,19 @@ def test_a_changed_ray_internal_is_reported_by_name(monkeypatch):
     monkeypatch.setattr(VLLMEngine, "resolve_lora", resolve_lora)
     with pytest.raises(RuntimeError, match=r"VLLMEngine.resolve_lora: parameters are .*load_inplace"):
         pin.require()
+
+
+def test_loopback_cluster_refuses_when_ray_was_imported_first():
+    """Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import: too late is an error, not a
+    cluster on the host's address."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    code = ("import os; os.environ.pop('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', None); import ray\n"
+            "from selora_serve.ray.loopback import loopback_cluster\n"
+            "try:\n    loopback_cluster().__enter__()\nexcept RuntimeError as exc:\n    print(exc)\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env).stdout
+    assert "Ray was imported before selora_serve.ray.loopback set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0" in out
