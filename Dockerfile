@@ -2,6 +2,8 @@
 # integration is pinned to) plus this package. Build: docker build -t selora-serve .
 # Run:   docker run --gpus all -p 8000:8000 -v /models:/models -v /adapters:/adapters \
 #          selora-serve --model /models/Llama-3-8B --adapters /adapters --tensor-parallel-size 1
+# Ray:   docker run ... --entrypoint serve selora-serve run selora_serve.ray:build_app \
+#          model=/models/Llama-3-8B adapters=s3://adapters/prod num_replicas=1   (or KubeRay: deploy/)
 FROM vllm/vllm-openai:v0.32.0
 
 WORKDIR /opt/selora-serve
