@@ -123,6 +123,11 @@ class AppConfig:
         return cls(**kw)
 
 
+def adapter_name(model_id: str) -> str:
+    """The store name in Ray's adapter id `BASE:NAME` (NAME may itself hold ':' or '/')."""
+    return model_id.split(":", 1)[1] if ":" in model_id else model_id
+
+
 def usage() -> str:
     return "serve run selora_serve.ray:build_app " + " ".join(f"{k}=..." for k in ("model", "adapters")) + \
         "\n" + "\n".join(f"  {k:<26}{v}" for k, v in HELP.items())

@@ -24,6 +24,7 @@ from ray.serve.llm.ingress import OpenAiIngress
 from ..store import AdapterStore
 from ..vllm_ext.guard import Guard
 from . import pin
+from .config import adapter_name
 
 ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 503: "ServiceUnavailableError"}
 
@@ -49,7 +50,7 @@ class RayGuard(Guard):
 
     def allowed(self, principal, model, scope) -> bool:
         if model is not None and model not in self.base_ids and model.split(":", 1)[0] in self.base_ids:
-            model = model.split(":", 1)[1]
+            model = adapter_name(model)
         return principal.may_use(model, self.base_ids)
 
     def unknown_model_body(self, scope, model) -> dict:

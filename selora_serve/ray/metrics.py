@@ -23,9 +23,10 @@ import os
 import shutil
 import tempfile
 
+from ..vllm_ext.metrics import ENV_MULTIPROC
+
 logger = logging.getLogger("ray.serve.selora")
 
-ENV_MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
 INTERVAL_S = 5.0
 
 

@@ -34,14 +34,10 @@ from ..store import AdapterError, AdapterStore
 from ..store.catalog import max_rank_from_env
 from ..store.checkout import checkout, release_snapshot_root, remove_stale
 from . import pin
+from .config import adapter_name
 from .metrics import ReplicaMetrics
 
 logger = logging.getLogger("ray.serve.selora")
-
-def adapter_name(model_id: str) -> str:
-    """The store name in Ray's adapter id `BASE:NAME` (NAME may itself hold ':' or '/')."""
-    return model_id.split(":", 1)[1] if ":" in model_id else model_id
-
 
 class StoreLoader:
     """Ray's model downloader, answered from the adapter store (see the module docstring).
