@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 import torch
 
 from .config import SeLoRAConfig
+from .spectral.fused import FLOAT_BITS, decode_stacked
 from .spectral.init import init_coefficients
 from .spectral.materialise import MatrixLayout, layout_for, materialise_chunks
 
@@ -113,10 +114,12 @@ def materialise_adapter(
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Dense (A, B) for every module: A (r, in_features), B (out_features, r), in `dtype`.
 
-    Matrices of one layout are decoded in one batched call, straight from the modules'
-    coefficient tensors (no intermediate stack), into cache-sized chunks (see
-    `materialise_chunks`); each returned matrix is a view of its chunk.
+    Matrices of one layout are decoded in one batched call into cache-sized chunks (see
+    `materialise_chunks`); each returned matrix is a view of its chunk. On the CPU that call is
+    the compiled one (`spectral.fused`, on the layout's rows stacked); elsewhere the torch path,
+    straight from the modules' coefficient tensors.
     """
+    on_cpu = torch.device(device).type == "cpu"
     groups: dict[MatrixLayout, list[tuple[str, int]]] = defaultdict(list)
     for name, mod in adapter.modules.items():
         groups[adapter.layout_a(mod)].append((name, 0))
@@ -127,7 +130,11 @@ def materialise_adapter(
             adapter.modules[n].coef_a if which == 0 else adapter.modules[n].coef_b
             for n, which in members
         ]
-        chunks = materialise_chunks(rows, layout, dtype, device)
+        if on_cpu:
+            chunks = decode_stacked(torch.stack([row.detach() for row in rows]), None, FLOAT_BITS, 1, layout)
+            chunks = chunks if dtype == torch.float32 else [chunk.to(dtype) for chunk in chunks]
+        else:
+            chunks = materialise_chunks(rows, layout, dtype, device)
         dense = [matrix for chunk in chunks for matrix in chunk.unbind(0)]
         for (name, which), matrix in zip(members, dense):
             result[name][which] = matrix

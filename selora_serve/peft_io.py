@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .adapter import SpectralAdapter, materialise_adapter
+from .packed import PackedAdapter, materialise_packed
 from .atomic import atomic_directory
 
 PEFT_CONFIG = "adapter_config.json"
@@ -57,14 +58,21 @@ def peft_config_dict(adapter: SpectralAdapter) -> dict:
 
 
 def dense_state_dict(
-    adapter: SpectralAdapter, *, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    adapter: SpectralAdapter | PackedAdapter, *, dtype: torch.dtype = torch.float32, device: str = "cpu"
 ) -> dict[str, torch.Tensor]:
-    """The PEFT-named dense tensors of `adapter`, in memory (what vLLM receives too)."""
+    """The PEFT-named dense tensors of `adapter` (in memory or as stored, quantised or not), in
+    memory: what vLLM receives too."""
     tensors: dict[str, torch.Tensor] = {}
-    for name, (a, b) in materialise_adapter(adapter, device=device, dtype=dtype).items():
+    if isinstance(adapter, PackedAdapter):
+        dense = {n: (a.to(device), b.to(device)) for n, (a, b) in materialise_packed(adapter, dtype).items()}
+        magnitudes = adapter.magnitudes
+    else:
+        dense = materialise_adapter(adapter, device=device, dtype=dtype)
+        magnitudes = {n: m.magnitude for n, m in adapter.modules.items() if m.magnitude is not None}
+    for name, (a, b) in dense.items():
         tensors[f"{PREFIX}{name}.lora_A.weight"] = a.contiguous()
         tensors[f"{PREFIX}{name}.lora_B.weight"] = b.contiguous()
-        mag = adapter.modules[name].magnitude
+        mag = magnitudes.get(name)
         if mag is not None:
             tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = mag.to(device, dtype).contiguous()
     return tensors

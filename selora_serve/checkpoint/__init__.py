@@ -8,6 +8,7 @@ from .format import (
     Manifest,
     is_selora_checkpoint,
     load_checkpoint,
+    load_packed,
     read_manifest,
     save_checkpoint,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "Manifest",
     "is_selora_checkpoint",
     "load_checkpoint",
+    "load_packed",
     "read_manifest",
     "save_checkpoint",
 ]

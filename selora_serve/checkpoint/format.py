@@ -28,6 +28,8 @@ import torch
 from .. import __version__
 from ..adapter import BaseModelInfo, ModuleCoefficients, SpectralAdapter
 from ..atomic import atomic_directory
+from ..packed import PackedAdapter, pack_stored
+from ..spectral.fused import FLOAT_BITS
 from ..config import ConfigError, SeLoRAConfig
 from ..spectral.materialise import MatrixLayout, layout_for
 from ..spectral.omega import num_coefficients, omega_digest
@@ -355,6 +357,19 @@ def verify_omega(manifest: Manifest) -> None:
             )
 
 
+def _load_stored(path, base_config, verify: bool, manifest: Manifest | None,
+                 coefficients: bytes | None) -> tuple[Manifest, dict[str, torch.Tensor]]:
+    """The manifest and the stored tensors, validated as `load_checkpoint` documents."""
+    if manifest is None or Path(manifest.path) != Path(path):
+        manifest = read_manifest(path)
+    if base_config is not None:
+        check_against_base(manifest, base_config)
+    tensors = _read_tensors(manifest, check_values=verify, data=coefficients)
+    if verify:
+        verify_omega(manifest)
+    return manifest, tensors
+
+
 def load_checkpoint(
     path: str | Path, *, base_config=None, verify: bool = True, manifest: Manifest | None = None,
     coefficients: bytes | None = None,
@@ -366,15 +381,10 @@ def load_checkpoint(
     snapshot); the manifest and the tensors' names, counts and dtypes are still checked.
     `manifest`: `read_manifest(path)` (or `parse_manifest`), when the caller has already read it;
     `coefficients`: the bytes of its selora_coefficients.safetensors, likewise (nothing is then
-    read from `path`, which only names the checkpoint in errors).
+    read from `path`, which only names the checkpoint in errors). Quantised coefficients come
+    back dequantised (`load_packed` keeps them as stored).
     """
-    if manifest is None or Path(manifest.path) != Path(path):
-        manifest = read_manifest(path)
-    if base_config is not None:
-        check_against_base(manifest, base_config)
-    tensors = _read_tensors(manifest, check_values=verify, data=coefficients)
-    if verify:
-        verify_omega(manifest)
+    manifest, tensors = _load_stored(path, base_config, verify, manifest, coefficients)
     q = manifest.quantization
     if q is not None:  # the dequantised coefficients, in the manifest's coefficient dtype
         dtype = DTYPES[manifest.coefficient_dtype]
@@ -386,6 +396,18 @@ def load_checkpoint(
             d_in, d_out, tensors[f"{name}.coef_a"], tensors[f"{name}.coef_b"], tensors.get(f"{name}.magnitude")
         )
     return adapter
+
+
+def load_packed(
+    path: str | Path, *, base_config=None, verify: bool = True, manifest: Manifest | None = None,
+    coefficients: bytes | None = None,
+) -> PackedAdapter:
+    """As `load_checkpoint` (same checks, same arguments), but the coefficients as stored, one
+    stack per layout (`packed.PackedAdapter`): a quantised checkpoint stays quantised."""
+    manifest, tensors = _load_stored(path, base_config, verify, manifest, coefficients)
+    q = manifest.quantization
+    bits, group = (FLOAT_BITS, 1) if q is None else (q.bits, q.group_size)
+    return pack_stored(manifest.config, manifest.base, manifest.modules, tensors, bits, group)
 
 
 def manifest_dict(adapter: SpectralAdapter, coefficient_dtype: str,

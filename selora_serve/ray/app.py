@@ -18,12 +18,12 @@ from pathlib import Path
 
 from ..serve.plan import on_cpu, plan_store
 from ..store.catalog import ENV_CACHE_BYTES, ENV_CACHE_DIR, ENV_DIRS, ENV_MAX_RANK
-from ..vllm_ext.host_cache import ENV_HOST_CACHE_FORM
+from ..vllm_ext.host_cache import ENV_HOST_CACHE_BYTES, ENV_HOST_CACHE_FORM
 from .config import AppConfig
 
 # What a replica's vLLM needs of `plan_store`'s environment (the rest drives selora-serve's own
 # vLLM API server, which Ray replaces: runtime LoRA updating, endpoint plugins).
-REPLICA_ENV = (ENV_DIRS, ENV_CACHE_DIR, ENV_CACHE_BYTES, ENV_MAX_RANK, ENV_HOST_CACHE_FORM)
+REPLICA_ENV = (ENV_DIRS, ENV_CACHE_DIR, ENV_CACHE_BYTES, ENV_MAX_RANK, ENV_HOST_CACHE_FORM, ENV_HOST_CACHE_BYTES)
 # Passed on to replicas when set where the app is built (loopback-only clusters, S3 endpoints).
 INHERITED_ENV = ("VLLM_HOST_IP", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
                  "AWS_ALLOW_HTTP", "SELORA_ADAPTER_FETCH_TIMEOUT", "VLLM_CPU_OMP_THREADS_BIND")
@@ -49,7 +49,8 @@ def llm_config(cfg: AppConfig):
         raise ValueError(f"model={cfg.model}: no config.json there; expected a Hugging Face model directory "
                          "(or a hub id)")
     launch = plan_store(cfg.model, list(cfg.adapters), cfg.vllm_argv(), host_cache_form=cfg.host_cache_form,
-                        cache_dir=cfg.adapter_cache_dir, cache_bytes=cfg.adapter_cache_bytes)
+                        cache_dir=cfg.adapter_cache_dir, cache_bytes=cfg.adapter_cache_bytes,
+                        host_cache_bytes=cfg.host_cache_bytes)
     kwargs = engine_kwargs(launch.argv)
     env = {k: v for k, v in launch.env.items() if k in REPLICA_ENV}
     env.update({k: os.environ[k] for k in INHERITED_ENV if os.environ.get(k)})

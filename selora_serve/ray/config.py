@@ -28,6 +28,7 @@ HELP = {
     "max_adapters_per_replica": "adapters Ray keeps loaded per replica before evicting (default: max_cpu_loras)",
     "cpus_per_replica": "logical CPUs Ray reserves for each replica (default 1)",
     "host_cache_form": "dense | spectral: the form SeLoRA adapters take in the host cache (as selora-serve)",
+    "host_cache_bytes": "bound each replica's host cache in bytes (e.g. 2G), as selora-serve --host-cache-bytes",
     "adapter_cache_dir": "where adapters from s3:// roots are cached on each node",
     "adapter_cache_bytes": "that cache's size bound (e.g. 16G)",
     "engine_args": "more vLLM engine options, as on vLLM's command line (\"--max-model-len 2048 --enforce-eager\")",
@@ -52,6 +53,7 @@ class AppConfig:
     max_adapters_per_replica: int | None = None
     cpus_per_replica: float = 1.0
     host_cache_form: str | None = None
+    host_cache_bytes: str | None = None
     adapter_cache_dir: str | None = None
     adapter_cache_bytes: str | None = None
     engine_args: tuple[str, ...] = field(default_factory=tuple)

@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "decoded A and B, activating one is a copy) or spectral (SeLoRA adapters keep only their "
                         "coefficients, about (1 - eta) of the bytes, and are decoded again each time they take a "
                         "LoRA slot: more adapters per GB of host memory, for a decode per activation)")
+    parser.add_argument("--host-cache-bytes", metavar="SIZE", default=None,
+                        help="bound vLLM's host cache in bytes instead of a count: as many adapters as fit in SIZE "
+                        "(bytes, or 2G, 512M), least recently used evicted first, those in LoRA slots kept; with "
+                        "--host-cache-form spectral an adapter costs its stored coefficients (int4: ~1/9 of dense "
+                        "bf16), otherwise its dense A and B. --max-cpu-loras, if also given, still applies")
     parser.add_argument("--tenants", metavar="FILE",
                         help="tenants TOML file: API keys (sha256) and the adapters each tenant may use, plus the "
                         "admin key (see `python -m selora_serve.tenants --help`); replaces --api-key")
@@ -106,18 +111,19 @@ def _plan(args: argparse.Namespace, passthrough: list[str]):
             if flag not in {a.split("=", 1)[0] for a in passthrough}:
                 extra += [flag] if value is None else [flag, value]
         return plan_store(str(model), [str(store)], extra + passthrough, pinned=args.pin,
-                          host_cache_form=args.host_cache_form)
+                          host_cache_form=args.host_cache_form, host_cache_bytes=args.host_cache_bytes)
     if not args.model:
         raise ValueError("--model BASE is required (or use --demo)")
     if args.merge:
-        if args.adapters or args.host_cache_form:
-            raise ValueError("--merge serves one merged adapter with LoRA disabled; it does not take --adapters "
-                             "or --host-cache-form")
+        if args.adapters or args.host_cache_form or args.host_cache_bytes:
+            raise ValueError("--merge serves one merged adapter with LoRA disabled; it does not take --adapters, "
+                             "--host-cache-form or --host-cache-bytes")
         return plan_merge(args.merge, args.model, passthrough, cache=args.merge_cache or default_cache() / "merged")
     if not args.adapters:
         raise ValueError("--adapters DIR is required (or --merge CKPT, or --demo)")
     return plan_store(args.model, args.adapters, passthrough, pinned=args.pin, host_cache_form=args.host_cache_form,
-                      cache_dir=args.adapter_cache_dir, cache_bytes=args.adapter_cache_bytes)
+                      cache_dir=args.adapter_cache_dir, cache_bytes=args.adapter_cache_bytes,
+                      host_cache_bytes=args.host_cache_bytes)
 
 
 def launch(plan) -> None:

@@ -35,7 +35,7 @@ from typing import Sequence
 
 from ..vllm_ext.admin import ENV_PINNED, PLUGIN_NAME as ADMIN_PLUGIN
 from ..vllm_ext.guard import ENV_MAX_BODY, ENV_TENANTS, PLUGIN_NAME as GUARD_PLUGIN
-from ..vllm_ext.host_cache import ENV_HOST_CACHE_FORM
+from ..vllm_ext.host_cache import ENV_HOST_CACHE_BYTES, ENV_HOST_CACHE_FORM
 from ..store.cache import AdapterCache, parse_size
 from ..store.catalog import DEFAULT_CACHE_BYTES, ENV_CACHE_BYTES, ENV_CACHE_DIR, ENV_DIRS, ENV_MAX_RANK, AdapterStore
 from ..store.catalog import cache_dir as store_cache_dir
@@ -46,6 +46,8 @@ from .preflight import check_model
 SUPPORTED_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 MAX_SLOTS = 4
 MAX_HOST_CACHE = 32
+# --max-cpu-loras when the host cache is bounded in bytes instead (vLLM allocates nothing per count)
+HOST_COUNT_UNDER_BYTES = 100_000
 
 
 @dataclass
@@ -124,12 +126,20 @@ def plan_store(
     model: str, adapter_dirs: Sequence[str], passthrough: Sequence[str] = (), *,
     pinned: Sequence[str] = (), cpu: bool | None = None, host_cache_form: str | None = None,
     cache_dir: str | Path | None = None, cache_bytes: str | int | None = None,
+    host_cache_bytes: str | int | None = None,
 ) -> Launch:
     """Serve `model` with LoRA enabled and the adapter store `adapter_dirs` (directories and
     s3://BUCKET/PREFIX URLs) behind the resolver. Each bucket is asked once: a misconfigured one
     (no such bucket, access denied) is a ValueError, so the server does not start; one that
     cannot be reached now only adds a warning (the server starts, serving local adapters and those
-    in the cache). Remote adapters are cached under `cache_dir`, at most `cache_bytes`."""
+    in the cache). Remote adapters are cached under `cache_dir`, at most `cache_bytes`.
+    `host_cache_bytes` bounds vLLM's host cache of adapters in bytes (`host_cache`); without an
+    explicit --max-cpu-loras, the count bound is then lifted to HOST_COUNT_UNDER_BYTES."""
+    host_budget = None
+    if host_cache_bytes is not None:
+        host_budget = parse_size(host_cache_bytes)
+        if host_budget < 1:
+            raise ValueError(f"--host-cache-bytes {host_cache_bytes}: expected a positive size such as 2G or 512M")
     remote = [d for d in adapter_dirs if is_remote(d)]
     cache = None
     cache_env: dict[str, str] = {}
@@ -160,7 +170,7 @@ def plan_store(
             f"--pin names {len(pinned)} adapter(s) but --max-loras {option_value(argv, '--max-loras')} allows at "
             "most --max-loras - 1 pins (one LoRA slot must stay free for the other adapters)"
         )
-    host = max(slots, min(n, MAX_HOST_CACHE))
+    host = max(slots, min(n, MAX_HOST_CACHE) if host_budget is None else HOST_COUNT_UNDER_BYTES)
     if has_option(argv, "--max-loras") and not has_option(argv, "--max-cpu-loras"):
         host = max(host, int(option_value(argv, "--max-loras") or 1))
     defaults: list[tuple[str, str | None]] = [
@@ -184,6 +194,11 @@ def plan_store(
     if host_cache_form:
         env[ENV_HOST_CACHE_FORM] = host_cache_form
         notes.append(f"host cache holds SeLoRA adapters in {host_cache_form} form")
+    if host_budget is not None:
+        env[ENV_HOST_CACHE_BYTES] = str(host_budget)
+        notes.append(f"host cache bounded to {host_budget / 2**20:.1f} MiB of adapter weights, least recently used "
+                     "evicted first" + ("" if host_cache_form == "spectral" else
+                                        " (dense form: --host-cache-form spectral holds far more per byte)"))
     full = ["--model", model] + _defaults(argv, defaults, notes) + argv
     check_model(model, option_value(full, "--dtype"), cpu)
     return Launch(full, env, notes)

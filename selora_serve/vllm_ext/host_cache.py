@@ -21,6 +21,14 @@ slot; they are dropped right after. Contract:
   runs differs;
 - dense PEFT adapters and vLLM's warm-up dummies are untouched.
 
+With SELORA_HOST_CACHE_BYTES=N (`selora-serve --host-cache-bytes SIZE`) the host cache is also
+bounded in bytes: after each add, the least recently used adapters that hold no slot are evicted
+until what the cache holds (`metrics.weight_bytes`: coefficients as stored for SeLoRA adapters in
+spectral form, dense A and B otherwise) is at most N. The adapter just added and the adapters in
+slots are never evicted for it, so the cache may exceed N by at most those (a single adapter larger
+than N is still served). vLLM's own count bound (--max-cpu-loras) applies as well; `plan_store`
+lifts it when only bytes are given.
+
 The manager class is chosen through `LRUCacheWorkerLoRAManager._manager_cls`, set on the
 instance by `loading.install`'s wrapper; nothing else of vLLM is replaced.
 """
@@ -32,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 ENV_HOST_CACHE_FORM = "SELORA_HOST_CACHE_FORM"
+ENV_HOST_CACHE_BYTES = "SELORA_HOST_CACHE_BYTES"
 HOST_CACHE_FORMS = ("dense", "spectral")
 SOURCE_ATTR = "_selora_spectral_source"
 
@@ -45,6 +54,16 @@ def host_cache_form(environ=os.environ) -> str:
     return form
 
 
+def host_cache_bytes(environ=os.environ) -> int | None:
+    """The configured byte bound of the host cache (None: only vLLM's count bound)."""
+    raw = environ.get(ENV_HOST_CACHE_BYTES, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{ENV_HOST_CACHE_BYTES}={raw!r}: expected a positive number of bytes")
+    return int(raw)
+
+
 @dataclass
 class SpectralSource:
     """What a LoRAModel held in spectral form is rebuilt from.
@@ -53,14 +72,12 @@ class SpectralSource:
     load built its own; `nbytes` is the coefficients' size, what the cache holds.
     """
 
-    adapter: Any  # SpectralAdapter
+    adapter: Any  # packed.PackedAdapter: the coefficients as stored (quantised ones stay so)
     rebuild: Callable[[], Any]
 
     @property
     def nbytes(self) -> int:
-        # a checkpoint holds every tensor in its one coefficient dtype (checked on load)
-        first = next(iter(self.adapter.modules.values()))
-        return self.adapter.num_trainable * first.coef_a.element_size()
+        return self.adapter.nbytes
 
 
 def attach(lora_model, source: SpectralSource) -> None:
@@ -96,5 +113,36 @@ def spectral_manager_class(base_cls: type) -> type:
     return SpectralHostLoRAModelManager
 
 
-__all__ = ["ENV_HOST_CACHE_FORM", "HOST_CACHE_FORMS", "SpectralSource", "attach", "host_cache_form", "source_of",
+def bounded_manager_class(base_cls: type, budget: int) -> type:
+    """A subclass of vLLM's LoRA model manager `base_cls` whose host cache holds at most `budget`
+    bytes beyond the adapter just added and those in slots (see the module docstring)."""
+    from .metrics import weight_bytes
+
+    class ByteBoundedLoRAModelManager(base_cls):
+        host_cache_budget = budget
+
+        def add_adapter(self, lora) -> bool:
+            added = super().add_adapter(lora)
+            if added:
+                self._evict_over_budget(keep=lora.id)
+            return added
+
+        def _evict_over_budget(self, keep: int) -> None:
+            cache = self._registered_adapters
+            held = {key: weight_bytes(model) for key, model in cache.cache.items()}
+            total = sum(held.values())
+            for key in list(cache.order):  # least recently used first
+                if total <= budget:
+                    break
+                if key == keep or key in self._active_adapters or key in cache.pinned_items:
+                    continue
+                cache.pop(key)  # vLLM's own removal: deactivates it and counts as an eviction
+                total -= held[key]
+
+    ByteBoundedLoRAModelManager.__qualname__ = ByteBoundedLoRAModelManager.__name__ = (
+        f"ByteBounded{base_cls.__name__}")
+    return ByteBoundedLoRAModelManager
+
+
+__all__ = ["ENV_HOST_CACHE_BYTES", "ENV_HOST_CACHE_FORM", "bounded_manager_class", "host_cache_bytes", "HOST_CACHE_FORMS", "SpectralSource", "attach", "host_cache_form", "source_of",
            "spectral_manager_class"]

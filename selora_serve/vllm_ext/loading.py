@@ -32,11 +32,13 @@ import time
 from dataclasses import dataclass, field
 
 from ..adapter import SpectralAdapter
-from ..checkpoint import is_selora_checkpoint, load_checkpoint, read_manifest
+from ..checkpoint import is_selora_checkpoint, load_packed, read_manifest
+from ..packed import PackedAdapter
 from ..peft_io import dense_state_dict, peft_config_dict
 from ..base_model import BaseFacts
 from ..store.snapshot import is_verified
 from ..store.verify import SEDORA_REFUSAL
+from ..spectral import fused
 from . import host_cache, metrics
 
 # A child of vLLM's logger, so it reaches the handlers vLLM configures in every process.
@@ -64,12 +66,13 @@ def peft_config_for(path: str) -> dict:
     return peft_config_dict(SpectralAdapter(manifest.config, manifest.base))
 
 
-def load_verified(path: str, base_config, expected_lora_modules: set[str]) -> tuple[SpectralAdapter, bool]:
-    """The checkpoint at `path`, validated against `base_config` (a config or its BaseFacts), and
-    whether it was a snapshot already verified for that base (value checks skipped)."""
+def load_verified(path: str, base_config, expected_lora_modules: set[str]) -> tuple[PackedAdapter, bool]:
+    """The checkpoint at `path` as stored (quantised coefficients stay quantised), validated
+    against `base_config` (a config or its BaseFacts), and whether it was a snapshot already
+    verified for that base (value checks skipped)."""
     facts = BaseFacts.of(base_config)
     verified = is_verified(path, facts.fingerprint)
-    adapter = load_checkpoint(path, base_config=facts, verify=not verified)
+    adapter = load_packed(path, base_config=facts, verify=not verified)
     unexpected = sorted(n for n in adapter.modules if n.rsplit(".", 1)[-1] not in expected_lora_modules)
     if unexpected:
         raise ValueError(
@@ -79,7 +82,7 @@ def load_verified(path: str, base_config, expected_lora_modules: set[str]) -> tu
     return adapter, verified
 
 
-def decode(adapter: SpectralAdapter, path: str, note: str, started: float | None = None) -> dict:
+def decode(adapter: PackedAdapter, path: str, note: str, started: float | None = None) -> dict:
     """The PEFT-named dense tensors of `adapter` (float32; vLLM casts them to the LoRA dtype),
     timed from `started` (default: now), counted and logged as one decode of `path`."""
     start = time.perf_counter() if started is None else started
@@ -147,10 +150,15 @@ def install() -> None:
         def __init__(self, vllm_config, device, embedding_modules, lora_model_cls=LoRAModel):
             base_config = BaseFacts.of(vllm_config.model_config.hf_config)
             form = host_cache.host_cache_form()
+            host_cache.host_cache_bytes()  # a bad value fails here, before vLLM builds anything
             metrics.worker_metrics()  # the adapter metrics of this worker exist from now on
+            fused.warm_up()  # compile (or load) the decode kernels now, not on the first request
             init(self, vllm_config, device, embedding_modules, selora_model_class(lora_model_cls, base_config, form))
             if form == "spectral":
                 self._manager_cls = host_cache.spectral_manager_class(self._manager_cls)
+            budget = host_cache.host_cache_bytes()
+            if budget is not None:
+                self._manager_cls = host_cache.bounded_manager_class(self._manager_cls, budget)
 
         setattr(__init__, _MARK, True)
         WorkerLoRAManager.__init__ = __init__

@@ -79,6 +79,21 @@ HOOKS: tuple[Hook, ...] = (
         ("self._create_merged_loras_inplace(lora)",), why="rebuilt weights are packed the way an added adapter is",
     ),
     Hook("vllm.lora.model_manager", "LoRAModelManager._create_merged_loras_inplace", ("self", "lora_model")),
+    # host_cache.bounded_manager_class: the byte bound evicts from the host LRU as vLLM does.
+    Hook(
+        "vllm.lora.model_manager", "LRUCacheLoRAModelManager.add_adapter", ("self", "lora"),
+        ("self._add_adapter(lora)",), why="the byte bound is enforced right after each add",
+    ),
+    Hook(
+        "vllm.lora.model_manager", "LoRAModelManager.__init__", None,
+        ("self._registered_adapters: AdapterLRUCache[LoRAModel] = AdapterLRUCache(",
+         "self._active_adapters: AdapterLRUCache[None] = AdapterLRUCache("),
+        why="the host cache and the slots, read (and the former evicted from) by the byte bound",
+    ),
+    Hook("vllm.utils.cache", "LRUCache.order", why="least recently used first, as the byte bound evicts"),
+    Hook("vllm.utils.cache", "LRUCache.cache"),
+    Hook("vllm.utils.cache", "LRUCache.__delitem__", ("self", "key"), ("self._on_remove(key, value)",),
+         why="a pop runs vLLM's removal (deactivation) as its own evictions do"),
     Hook("vllm.lora.utils", "get_lora_id", ()),
     Hook("vllm.lora.resolver", "LoRAResolver.resolve_lora", ("self", "base_model_name", "lora_name")),
     Hook("vllm.lora.resolver", "_LoRAResolverRegistry.register_resolver", ("self", "resolver_name", "resolver")),

@@ -39,7 +39,7 @@ def test_weight_bytes_counts_shared_storage_once_and_coefficients_for_spectral_f
 
     import torch
 
-    from selora_serve.checkpoint import load_checkpoint
+    from selora_serve.checkpoint import load_checkpoint, load_packed
     from selora_serve.vllm_ext import host_cache
     from selora_serve.vllm_ext.metrics import weight_bytes
 
@@ -50,7 +50,7 @@ def test_weight_bytes_counts_shared_storage_once_and_coefficients_for_spectral_f
     assert weight_bytes(dense) == 2 * 8 * 32 * 4 + 64 * 8 * 2
     adapter = load_checkpoint(checkpoints["haar"])
     held = SimpleNamespace(loras={}, modules_to_save={})
-    host_cache.attach(held, host_cache.SpectralSource(adapter, rebuild=lambda: None))
+    host_cache.attach(held, host_cache.SpectralSource(load_packed(checkpoints["haar"]), rebuild=lambda: None))
     coef = sum(m.coef_a.numel() + m.coef_b.numel() for m in adapter.modules.values())
     assert weight_bytes(held) == coef * adapter.modules["model.layers.0.self_attn.q_proj"].coef_a.element_size()
 

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from selora_serve.serve.cli import build_parser, plan_from_args
-from selora_serve.serve.plan import has_option, merged_dir, plan_guard, plan_store, supported_rank
+from selora_serve.serve.plan import has_option, merged_dir, option_value, plan_guard, plan_store, supported_rank
 
 
 def test_supported_rank_rounds_up():
@@ -57,10 +57,11 @@ def test_cli_splits_own_options_from_vllm_options(checkpoints, tiny_model, tmp_p
     with pytest.raises(ValueError, match=r"--model BASE is required \(or use --demo\)"):
         plan_from_args(build_parser().parse_args(["--adapters", str(tmp_path)]), [])
     with pytest.raises(ValueError, match="--merge serves one merged adapter with LoRA disabled; it does not take "
-                       "--adapters or --host-cache-form"):
+                       "--adapters, --host-cache-form or --host-cache-bytes"):
         plan_from_args(build_parser().parse_args(["--model", "m", "--merge", "c", "--adapters", str(tmp_path)]), [])
-    with pytest.raises(ValueError, match="does not take --adapters or --host-cache-form"):
-        plan_from_args(build_parser().parse_args(["--model", "m", "--merge", "c", "--host-cache-form", "spectral"]), [])
+    for extra in (["--host-cache-form", "spectral"], ["--host-cache-bytes", "1G"]):
+        with pytest.raises(ValueError, match="does not take --adapters, --host-cache-form or --host-cache-bytes"):
+            plan_from_args(build_parser().parse_args(["--model", "m", "--merge", "c", *extra]), [])
 
 
 def test_host_cache_form_reaches_the_worker_environment(checkpoints, tiny_model, tmp_path, capsys):
@@ -78,6 +79,23 @@ def test_host_cache_form_reaches_the_worker_environment(checkpoints, tiny_model,
     with pytest.raises(SystemExit):
         build_parser().parse_args(args + ["--host-cache-form", "sparse"])
     assert "invalid choice: 'sparse'" in capsys.readouterr().err
+
+
+def test_host_cache_bytes_bounds_the_cache_instead_of_a_count(checkpoints, tiny_model, tmp_path):
+    from selora_serve.serve.plan import HOST_COUNT_UNDER_BYTES
+    from selora_serve.vllm_ext.host_cache import ENV_HOST_CACHE_BYTES, host_cache_bytes
+
+    shutil.copytree(checkpoints["haar"], tmp_path / "haar")
+    args = ["--model", str(tiny_model), "--adapters", str(tmp_path), "--host-cache-form", "spectral"]
+    launch = plan_from_args(build_parser().parse_args(args + ["--host-cache-bytes", "512M"]), [])
+    assert host_cache_bytes(launch.env) == 512 << 20
+    assert option_value(launch.argv, "--max-cpu-loras") == str(HOST_COUNT_UNDER_BYTES)
+    assert any("host cache bounded to 512.0 MiB" in note for note in launch.notes)
+    both = plan_from_args(build_parser().parse_args(args + ["--host-cache-bytes", "1000000"]), ["--max-cpu-loras", "7"])
+    assert both.env[ENV_HOST_CACHE_BYTES] == "1000000" and option_value(both.argv, "--max-cpu-loras") == "7"
+    for bad in ("0", "lots"):
+        with pytest.raises(ValueError, match="expected a (positive )?size"):
+            plan_from_args(build_parser().parse_args(args + ["--host-cache-bytes", bad]), [])
 
 
 def test_merge_plan_serves_a_cached_merge_without_lora(checkpoints, tiny_model, tmp_path):

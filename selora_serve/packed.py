@@ -1,0 +1,100 @@
+"""An adapter's coefficients as stored, one stack per matrix layout: the form a server holds.
+
+    packed = load_packed(path, base_config=..., verify=...)   (checkpoint.format)
+    packed = pack(adapter)                                     (an in-memory SpectralAdapter)
+    dense = materialise_packed(packed)   # {module: (A, B)}, equal to materialise_adapter's
+    packed.nbytes                        # what holding it costs: values, scales, magnitudes
+
+Every matrix of one layout is one row of that layout's stack, so an adapter is a handful of
+allocations (not two per module: fewer, larger blocks are what keeps a long-lived host cache's
+heap from fragmenting), and a decode is one compiled call per layout (`spectral.fused`).
+Quantised checkpoints stay quantised here: int8 or packed int4 values with float32 scales per
+group, dequantised only inside the decode. No files, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from .adapter import BaseModelInfo, SpectralAdapter
+from .config import SeLoRAConfig
+from .spectral.fused import FLOAT_BITS, decode_stacked
+from .spectral.materialise import MatrixLayout, layout_for
+
+
+@dataclass
+class LayoutStack:
+    """The stored rows of every matrix of one layout: row i is `members[i]` = (module, 0 for A /
+    1 for B); `values` (B, k) float, (B, k) int8 or (B, ceil(k/2)) uint8, `scales` (B, groups)."""
+
+    layout: MatrixLayout
+    members: list[tuple[str, int]]
+    values: torch.Tensor
+    scales: torch.Tensor | None = None
+
+
+@dataclass
+class PackedAdapter:
+    config: SeLoRAConfig
+    base: BaseModelInfo
+    modules: dict[str, tuple[int, int]]  # name -> (in_features, out_features)
+    stacks: list[LayoutStack]
+    bits: int = FLOAT_BITS  # 8 or 4 when quantised
+    group_size: int = 1
+    magnitudes: dict[str, torch.Tensor] = field(default_factory=dict)  # SeDoRA
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: stored values, scales (float32 in memory) and magnitudes."""
+        total = sum(s.values.nbytes + (0 if s.scales is None else s.scales.nbytes) for s in self.stacks)
+        return total + sum(m.nbytes for m in self.magnitudes.values())
+
+
+def layout_members(config: SeLoRAConfig, modules: dict[str, tuple[int, int]]) -> dict[MatrixLayout, list[tuple[str, int]]]:
+    """The (module, A=0 / B=1) matrices of each layout, in module order."""
+    groups: dict[MatrixLayout, list[tuple[str, int]]] = defaultdict(list)
+    basis = config.spectral_basis
+    for name, (d_in, d_out) in modules.items():
+        groups[layout_for(basis, config.seed, config.eta, (config.r, d_in))].append((name, 0))
+        groups[layout_for(basis, config.seed, config.eta, (d_out, config.r))].append((name, 1))
+    return groups
+
+
+def pack_stored(config: SeLoRAConfig, base: BaseModelInfo, modules: dict[str, tuple[int, int]],
+                tensors: dict[str, torch.Tensor], bits: int = FLOAT_BITS, group_size: int = 1) -> PackedAdapter:
+    """From a checkpoint's stored tensors ("{module}.coef_a", ".coef_b", their ".scale" when
+    quantised, ".magnitude"), already validated against the manifest."""
+    stacks = []
+    for layout, members in layout_members(config, modules).items():
+        keys = [f"{name}.coef_{'ab'[which]}" for name, which in members]
+        values = torch.stack([tensors[key] for key in keys])
+        scales = None if bits == FLOAT_BITS else torch.stack([tensors[f"{key}.scale"] for key in keys]).float()
+        stacks.append(LayoutStack(layout, members, values, scales))
+    magnitudes = {name: tensors[f"{name}.magnitude"] for name in modules if f"{name}.magnitude" in tensors}
+    return PackedAdapter(config, base, dict(modules), stacks, bits, group_size, magnitudes)
+
+
+def pack(adapter: SpectralAdapter) -> PackedAdapter:
+    """The unquantised packed form of an in-memory adapter (a copy of its coefficients)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, mod in adapter.modules.items():
+        tensors[f"{name}.coef_a"], tensors[f"{name}.coef_b"] = mod.coef_a.detach(), mod.coef_b.detach()
+        if mod.magnitude is not None:
+            tensors[f"{name}.magnitude"] = mod.magnitude.detach()
+    modules = {name: (mod.in_features, mod.out_features) for name, mod in adapter.modules.items()}
+    return pack_stored(adapter.config, adapter.base, modules, tensors)
+
+
+def materialise_packed(packed: PackedAdapter, dtype: torch.dtype = torch.float32) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Dense (A, B) of every module, A (r, in_features) and B (out_features, r), on the CPU, in
+    `dtype`; each matrix is a view of a cache-sized chunk (see `materialise.materialise_chunks`)."""
+    result: dict[str, list[torch.Tensor | None]] = {name: [None, None] for name in packed.modules}
+    for stack in packed.stacks:
+        chunks = decode_stacked(stack.values, stack.scales, packed.bits, packed.group_size, stack.layout)
+        dense = [matrix for chunk in chunks for matrix in (chunk if dtype == torch.float32 else chunk.to(dtype))]
+        for (name, which), matrix in zip(stack.members, dense):
+            result[name][which] = matrix
+    return {name: (ab[0], ab[1]) for name, ab in result.items()}  # type: ignore[misc]
