@@ -4,7 +4,10 @@ For each basis, builds an adapter of a model's shapes (`--shapes`: LLaMA-3-8B or
 coefficients via `init_adapter(random_b=True)`), writes it as a dense PEFT LoRA safetensors file
 in a temporary directory, reads that file once (page cache warm), then times:
 
-  decode      materialise_adapter: coefficients -> dense (A, B) for every module (median)
+  decode      the serving decode, `packed.materialise_packed` of the adapter as a server holds it
+              (one stack per layout; with --bits 8/4 its quantised values and scales, dequantised
+              inside the decode): coefficients -> dense (A, B) for every module (median). On CPU
+              the compiled path (`spectral.fused`), on CUDA torch's (dequantise, then decode)
   cold        the first decode, with Omega and every decoding table built from scratch
   dense_load  safetensors.torch.load_file of the dense file, from the page cache, reading
               every byte (its default mmap backend would return lazy views that cost nothing
@@ -31,7 +34,10 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file
 
-from selora_serve.adapter import BaseModelInfo, SpectralAdapter, init_adapter, materialise_adapter
+from selora_serve.adapter import BaseModelInfo, SpectralAdapter, init_adapter
+from selora_serve.checkpoint import load_packed, save_checkpoint
+from selora_serve.checkpoint.quant import QuantSpec
+from selora_serve.packed import materialise_packed, pack
 from selora_serve.atomic import write_json
 from selora_serve.base_model import LLAMA3_8B, SMOLLM2_135M, config_from_dict, target_shapes
 from selora_serve.config import SeLoRAConfig
@@ -94,42 +100,50 @@ def median_ms(fn: Callable[[], object], device: str, repeats: int) -> float:
 
 
 def bench_one(basis: str, device: str, dtype: str, layers: int, repeats: int, tmp: Path,
-              shapes: str = "llama3-8b") -> dict:
+              shapes: str = "llama3-8b", bits_list: tuple[int | None, ...] = (None,)) -> list[dict]:
+    """One record per entry of `bits_list` (None: unquantised coefficients)."""
     adapter = make_adapter(basis, layers, shapes)
     torch_dtype = DTYPES[dtype]
     peft_dir = write_peft(adapter, tmp / f"{basis}-{dtype}", dtype=dtype)
     weights = str(peft_dir / PEFT_WEIGHTS)
     load_dense(weights, "cpu")  # warm the page cache: dense_load is then a memory-to-memory cost
+    records = []
+    copy_ms = dense_load_ms = None
+    for bits in bits_list:
+        if bits is None:
+            packed = pack(adapter)
+        else:
+            packed = load_packed(save_checkpoint(adapter, tmp / f"{basis}-int{bits}", quantization=QuantSpec(bits)))
 
-    def decode() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return materialise_adapter(adapter, device=device, dtype=torch_dtype)
+        def decode() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+            return materialise_packed(packed, dtype=torch_dtype, device=device)
 
-    clear_caches()
-    cold_ms, dense = timed(decode, device)
-    decode_ms = median_ms(decode, device, repeats)
-    flat = torch.cat([m.flatten() for pair in dense.values() for m in pair])
-    copy_ms = median_ms(flat.clone, device, repeats)
-    dense_load_ms = median_ms(lambda: load_dense(weights, device), device, repeats)
-    coef_bytes = sum(
-        c.numel() * c.element_size() for m in adapter.modules.values() for c in (m.coef_a, m.coef_b)
-    )
-    return {
-        "basis": basis,
-        "shapes": shapes,
-        "threads": torch.get_num_threads(),
-        "device": device,
-        "dtype": dtype,
-        "n_matrices": 2 * len(adapter.modules),
-        "dense_entries": flat.numel(),
-        "dense_bytes": flat.numel() * flat.element_size(),
-        "coef_bytes": coef_bytes,
-        "decode_ms": round(decode_ms, 2),
-        "cold_decode_ms": round(cold_ms, 2),
-        "copy_ms": round(copy_ms, 2),
-        "dense_load_ms": round(dense_load_ms, 2),
-        "ratio_copy": round(decode_ms / copy_ms, 2),
-        "ratio_load": round(decode_ms / dense_load_ms, 2),
-    }
+        clear_caches()
+        cold_ms, dense = timed(decode, device)
+        decode_ms = median_ms(decode, device, repeats)
+        flat = torch.cat([m.flatten() for pair in dense.values() for m in pair])
+        if copy_ms is None:  # the same dense adapter whatever the bits
+            copy_ms = median_ms(flat.clone, device, repeats)
+            dense_load_ms = median_ms(lambda: load_dense(weights, device), device, repeats)
+        records.append({
+            "basis": basis,
+            "shapes": shapes,
+            "bits": bits,
+            "threads": torch.get_num_threads(),
+            "device": device,
+            "dtype": dtype,
+            "n_matrices": 2 * len(adapter.modules),
+            "dense_entries": flat.numel(),
+            "dense_bytes": flat.numel() * flat.element_size(),
+            "coef_bytes": packed.nbytes,
+            "decode_ms": round(decode_ms, 2),
+            "cold_decode_ms": round(cold_ms, 2),
+            "copy_ms": round(copy_ms, 2),
+            "dense_load_ms": round(dense_load_ms, 2),
+            "ratio_copy": round(decode_ms / copy_ms, 2),
+            "ratio_load": round(decode_ms / dense_load_ms, 2),
+        })
+    return records
 
 
 def print_table(records: list[dict], info: dict, layers: int, shapes: str = "llama3-8b") -> None:
@@ -139,12 +153,12 @@ def print_table(records: list[dict], info: dict, layers: int, shapes: str = "lla
     print(f"adapter: {SHAPES[shapes][0]} shapes, {layers} layers, r=32 on q,k,v,up,down, eta=0.6: "
           f"{first['n_matrices']} matrices, {first['dense_entries'] / 1e6:.1f}M dense entries "
           f"({first['dense_bytes'] / 2**20:.0f} MiB {first['dtype']}), "
-          f"coefficients {first['coef_bytes'] / 2**20:.0f} MiB")
-    header = ("basis", "device", "dtype", "decode ms", "cold ms", "copy ms", "load ms",
+          f"coefficients {first['coef_bytes'] / 2**20:.0f} MiB unquantised")
+    header = ("basis", "bits", "device", "dtype", "decode ms", "cold ms", "copy ms", "load ms",
               "dec/copy", "dec/load")
     print(" ".join(f"{h:>9}" for h in header))
     for r in records:
-        cells = (r["basis"], r["device"], r["dtype"], r["decode_ms"], r["cold_decode_ms"],
+        cells = (r["basis"], r["bits"] or "float", r["device"], r["dtype"], r["decode_ms"], r["cold_decode_ms"],
                  r["copy_ms"], r["dense_load_ms"], r["ratio_copy"], r["ratio_load"])
         print(" ".join(f"{c:>9.1f}" if isinstance(c, float) else f"{c:>9}" for c in cells))
 
@@ -168,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", choices=tuple(SHAPES), default="llama3-8b",
                         help="whose matrix shapes: llama3-8b (few large matrices) or smollm2-135m (the real "
                              "model: 150 small ones, where per-matrix overheads show) (default: %(default)s)")
+    parser.add_argument("--bits", default="none,8,4",
+                        help="stored coefficient forms to decode: none (float32), 8, 4 (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK_LAYERS} layers of the same shapes, 2 repeats")
     args = parser.parse_args(argv)
@@ -181,9 +197,17 @@ def main(argv: list[str] | None = None) -> None:
     layers = QUICK_LAYERS if args.quick else SHAPES[args.shapes][1]["num_hidden_layers"]
     repeats = 2 if args.quick else max(1, args.repeats)
     bases = [b.strip() for b in args.bases.split(",") if b.strip()]
+    try:
+        bits_list = tuple(None if b.strip() == "none" else int(b) for b in args.bits.split(",") if b.strip())
+        for bits in bits_list:
+            if bits is not None:
+                QuantSpec(bits)
+    except ValueError as exc:
+        parser.error(f"--bits {args.bits}: {exc} (expected a comma-separated list of none, 8, 4)")
 
     with tempfile.TemporaryDirectory(prefix="selora-bench-") as tmp:
-        records = [bench_one(b, d, args.dtype, layers, repeats, Path(tmp), args.shapes) for d in devices for b in bases]
+        records = [r for d in devices for b in bases
+                   for r in bench_one(b, d, args.dtype, layers, repeats, Path(tmp), args.shapes, bits_list)]
     info = hardware(devices)
     print_table(records, info, layers, args.shapes)
     if args.json:

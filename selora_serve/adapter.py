@@ -131,7 +131,8 @@ def materialise_adapter(
             for n, which in members
         ]
         if on_cpu:
-            chunks = decode_stacked(torch.stack([row.detach() for row in rows]), None, FLOAT_BITS, 1, layout)
+            stacked = torch.stack([row.detach() for row in rows])
+            chunks = decode_stacked(stacked, None, FLOAT_BITS, 1, layout)
             chunks = chunks if dtype == torch.float32 else [chunk.to(dtype) for chunk in chunks]
         else:
             chunks = materialise_chunks(rows, layout, dtype, device)

@@ -22,7 +22,7 @@ import torch
 from .adapter import BaseModelInfo, SpectralAdapter
 from .config import SeLoRAConfig
 from .spectral.fused import FLOAT_BITS, decode_stacked
-from .spectral.materialise import MatrixLayout, layout_for
+from .spectral.materialise import MatrixLayout, layout_for, materialise_chunks
 
 
 @dataclass
@@ -88,13 +88,37 @@ def pack(adapter: SpectralAdapter) -> PackedAdapter:
     return pack_stored(adapter.config, adapter.base, modules, tensors)
 
 
-def materialise_packed(packed: PackedAdapter, dtype: torch.dtype = torch.float32) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Dense (A, B) of every module, A (r, in_features) and B (out_features, r), on the CPU, in
-    `dtype`; each matrix is a view of a cache-sized chunk (see `materialise.materialise_chunks`)."""
+def dequantised_rows(stack: LayoutStack, bits: int, group_size: int) -> torch.Tensor:
+    """The float32 (B, k) coefficients a stack stands for (torch, on the stack's device)."""
+    if bits == FLOAT_BITS:
+        return stack.values.float()
+    from .checkpoint.quant import QuantSpec, dequantize  # checkpoint/ imports this module
+
+    spec, k = QuantSpec(bits, group_size), stack.layout.k
+    return torch.stack([dequantize(q, s, k, spec) for q, s in zip(stack.values, stack.scales)])
+
+
+def materialise_packed(packed: PackedAdapter, dtype: torch.dtype = torch.float32,
+                       device: str | torch.device = "cpu", compiled: bool | None = None,
+                       ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Dense (A, B) of every module, A (r, in_features) and B (out_features, r), in `dtype` on
+    `device`; each matrix is a view of a cache-sized chunk (see `materialise.materialise_chunks`).
+    `compiled` (default: on the CPU) decodes straight from the stored form (`spectral.fused`);
+    otherwise (CUDA) the stacks are dequantised on the device and decoded by the torch path."""
+    on_cpu = torch.device(device).type == "cpu" if compiled is None else compiled
+    if on_cpu and torch.device(device).type != "cpu":
+        raise ValueError(f"the compiled decode runs on the CPU, not {device}")
     result: dict[str, list[torch.Tensor | None]] = {name: [None, None] for name in packed.modules}
     for stack in packed.stacks:
-        chunks = decode_stacked(stack.values, stack.scales, packed.bits, packed.group_size, stack.layout)
-        dense = [matrix for chunk in chunks for matrix in (chunk if dtype == torch.float32 else chunk.to(dtype))]
+        if on_cpu:
+            chunks = decode_stacked(stack.values, stack.scales, packed.bits, packed.group_size, stack.layout)
+            chunks = chunks if dtype == torch.float32 else [chunk.to(dtype) for chunk in chunks]
+        else:
+            on_device = LayoutStack(stack.layout, stack.members, stack.values.to(device),
+                                    None if stack.scales is None else stack.scales.to(device))
+            rows = dequantised_rows(on_device, packed.bits, packed.group_size)
+            chunks = materialise_chunks(rows, stack.layout, dtype, device)
+        dense = [matrix for chunk in chunks for matrix in chunk]
         for (name, which), matrix in zip(stack.members, dense):
             result[name][which] = matrix
     return {name: (ab[0], ab[1]) for name, ab in result.items()}  # type: ignore[misc]

@@ -57,3 +57,19 @@ def test_materialise_adapter_on_cpu_is_the_compiled_path_and_matches_the_torch_p
     dense = materialise_adapter(adapter)
     for name, mod in adapter.modules.items():
         _close(dense[name][0], materialise_rows([mod.coef_a], adapter.layout_a(mod))[0])
+
+
+@pytest.mark.parametrize("bits", [0, 8, 4])
+def test_the_torch_path_for_other_devices_equals_the_compiled_one(checkpoints, tmp_path, bits):
+    """Off the CPU, materialise_packed dequantises with torch and decodes with the torch path:
+    run here on the CPU (compiled=False), it gives the compiled path's numbers."""
+    from selora_serve.convert import quantize
+
+    path = checkpoints["db4"] if bits == 0 else quantize(checkpoints["db4"], tmp_path / "q", bits=bits).out
+    packed = load_packed(path)
+    compiled, plain = materialise_packed(packed), materialise_packed(packed, compiled=False)
+    for name, (a, b) in compiled.items():
+        _close(plain[name][0], a)
+        _close(plain[name][1], b)
+    with pytest.raises(ValueError, match="compiled decode runs on the CPU"):
+        materialise_packed(packed, device="meta", compiled=True)

@@ -140,15 +140,16 @@ def test_benchmark_quick_smoke(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--quick", "--bases", "haar,fourier",
-         "--threads", "1", "--json", str(out)],
+         "--bits", "none,4", "--threads", "1", "--json", str(out)],
         capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     records = json.loads(out.read_text())
     assert records == last["results"]
-    assert [r["basis"] for r in records] == ["haar", "fourier"]
+    assert [(r["basis"], r["bits"]) for r in records] == [("haar", None), ("haar", 4), ("fourier", None), ("fourier", 4)]
     for r in records:
         for field in ("decode_ms", "copy_ms", "dense_load_ms", "cold_decode_ms"):
             assert np.isfinite(r[field]) and r[field] > 0
         assert r["device"] == "cpu" and r["coef_bytes"] < r["dense_bytes"]
+    assert records[1]["coef_bytes"] < records[0]["coef_bytes"] / 6  # int4 values + scales vs float32
