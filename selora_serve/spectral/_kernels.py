@@ -21,13 +21,22 @@ def scatter(values, scales, b, bits, group, k, positions, spectrum):
         for i in range(k):
             spectrum[positions[i]] = values[b, i]
         return
-    one, four = U(1), U(4)
+    one, two, four = U(1), U(2), U(4)
     for g in range(U(scales.shape[1])):
         s = scales[b, g]
         stop = min(k, (g + one) * group)
         if bits == 8:
             for i in range(g * group, stop):
                 spectrum[positions[i]] = np.float32(values[b, i]) * s
+        elif (group & one) == U(0):  # whole bytes per group: both nibbles of a byte at once
+            for j in range((g * group) >> one, stop >> one):
+                byte = np.int32(values[b, j])
+                low, high = byte & 15, byte >> 4
+                spectrum[positions[two * j]] = np.float32(low - ((low & 8) << 1)) * s
+                spectrum[positions[two * j + one]] = np.float32(high - ((high & 8) << 1)) * s
+            if stop & one:  # an odd k: the last byte's low nibble
+                low = np.int32(values[b, stop >> one]) & 15
+                spectrum[positions[stop - one]] = np.float32(low - ((low & 8) << 1)) * s
         else:
             for i in range(g * group, stop):
                 nib = (np.int32(values[b, i >> one]) >> np.int32((i & one) * four)) & 15

@@ -46,7 +46,7 @@ def threads(request):
 
 @pytest.mark.parametrize("basis", BASES, ids=lambda b: b.label)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("bits,group", [(0, 1), (8, 16), (4, 7)], ids=["float", "int8", "int4-odd-group"])
+@pytest.mark.parametrize("bits,group", [(0, 1), (8, 16), (4, 16), (4, 7)], ids=["float", "int8", "int4", "int4-odd-group"])
 def test_fused_equals_reference(basis, shape, bits, group, chunking, threads):
     layout = layout_for(basis, 11, 0.6, shape)
     coef = torch.randn(5, layout.k, generator=torch.Generator().manual_seed(1))
