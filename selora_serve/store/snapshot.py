@@ -14,11 +14,26 @@ was validated is what vLLM loads, the source is read once, and an adapter delete
 the store later changes nothing until it is unloaded and requested again. The engine's worker,
 which decodes the snapshot inside the engine loop (every tenant waits), skips the checks that read
 every value for a snapshot so marked (`is_verified`).
+
+A local SeLoRA checkpoint's files are not copied but hard-linked: the very inodes that were read
+(through /proc/self/fd, else by name and checked to be the inode read: a file renamed over the
+name meanwhile is not the one linked)
+when their size and mtime did not change during the read, and the identity of each linked file
+(inode, size, mtime, ctime, after linking) is recorded beside the verified mark. Atomic writers
+(a new file renamed into place, every writer here) leave a linked snapshot's bytes untouched; a
+file rewritten in place changes its mtime and ctime (even one whose mtime is then set back),
+which the worker's re-check after its own read (`intact`) catches: it then validates what it
+read in full instead of trusting the mark. (Replacing or deleting the store's file also moves the
+linked inode's ctime, as its link count drops: the worker then validates once more than needed.) Where a
+link cannot be made (another file system, no /proc) or the file changed while it was read, the
+snapshot is a private copy as before. Saves writing the adapter's bytes into fresh pages on every
+cold load (~30 ms for a SmolLM2 r = 32 adapter).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -60,6 +75,7 @@ def snapshot(found: StoredAdapter, root: str | Path, *, base=None, max_rank: int
         raise AdapterError(found.name, f"cannot open its directory ({exc.strerror})") from None
     digest = hashlib.sha256()
     held: dict[str, bytes] = {}  # a SeLoRA adapter's files, validated from memory
+    opened: dict[str, tuple] = {}  # ... and their open files with (inode, size, mtime) when read
     tmp: Path | None = None
     verify_s = 0.0
     try:
@@ -70,12 +86,15 @@ def snapshot(found: StoredAdapter, root: str | Path, *, base=None, max_rank: int
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
             except OSError:
                 continue  # missing: validation names the file; a link or unreadable entry is no part of it
-            with os.fdopen(fd, "rb") as src:
-                if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+            src = os.fdopen(fd, "rb")
+            keep = False
+            try:
+                before = os.fstat(src.fileno())
+                if not stat.S_ISREG(before.st_mode):
                     continue
                 digest.update(name.encode() + b"\0")
                 if found.kind == "selora":
-                    size = os.fstat(src.fileno()).st_size
+                    size = before.st_size
                     if total + size > MAX_SNAPSHOT_BYTES:
                         raise AdapterError(found.name, f"adapter directory larger than {MAX_SNAPSHOT_BYTES} bytes")
                     data = src.read(size + 1)  # + 1: a file still growing is read to its end below
@@ -88,6 +107,8 @@ def snapshot(found: StoredAdapter, root: str | Path, *, base=None, max_rank: int
                         raise AdapterError(found.name, f"adapter directory larger than {MAX_SNAPSHOT_BYTES} bytes")
                     digest.update(data)
                     held[name] = data
+                    opened[name] = (src, _identity(before))
+                    keep = True
                     continue
                 if tmp is None:
                     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".incoming-"))
@@ -98,6 +119,9 @@ def snapshot(found: StoredAdapter, root: str | Path, *, base=None, max_rank: int
                             raise AdapterError(found.name, f"adapter directory larger than {MAX_SNAPSHOT_BYTES} bytes")
                         digest.update(chunk)
                         dst.write(chunk)
+            finally:
+                if not keep:
+                    src.close()
         # any name (vLLM's lora_name is free text) becomes one safe, bounded path component
         final = root / f"{quote(found.name, safe='')[:100]}-{digest.hexdigest()[:16]}"
         fingerprint = None
@@ -111,13 +135,23 @@ def snapshot(found: StoredAdapter, root: str | Path, *, base=None, max_rank: int
             verify_s = time.perf_counter() - v0
         if tmp is None:
             tmp = Path(tempfile.mkdtemp(dir=root, prefix=".incoming-"))
+        linked = {}
         for name, data in held.items():
-            (tmp / name).write_bytes(data)
+            src, read_as = opened[name]
+            identity = _link_read_file(src, read_as, tmp / name, name, dir_fd)
+            if identity is None:
+                (tmp / name).write_bytes(data)
+            else:
+                linked[name] = identity
+        if linked:
+            (tmp / LINKED_MARK).write_text(json.dumps(linked))
         _publish(tmp, final, fingerprint)
         tmp = None
         return final
     finally:
         os.close(dir_fd)
+        for src, _ in opened.values():
+            src.close()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if timings is not None:
@@ -138,6 +172,51 @@ def _publish(tmp: Path, final: Path, fingerprint: str | None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         if fingerprint is not None:
             mark_verified(final, fingerprint)
+
+
+LINKED_MARK = ".selora-linked"  # in a snapshot: {file: [inode, size, mtime_ns, ctime_ns]} of its linked files
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _link_read_file(src, read_as: tuple[int, int, int], dst: Path, name: str, dir_fd: int) -> list[int] | None:
+    """Hard-link the open file `src` (entry `name` of the directory `dir_fd`) at `dst`: the inode
+    read, whatever its name points to now. Its identity after linking, or None (nothing linked)
+    if it changed since it was read as `read_as` or cannot be linked (another file system)."""
+    try:  # the open inode itself (some kernels refuse this: EXDEV)
+        os.link(f"/proc/self/fd/{src.fileno()}", dst, follow_symlinks=True)
+    except OSError:
+        try:  # by name; then it must still be the inode we read
+            os.link(name, dst, src_dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return None
+    after = os.fstat(src.fileno())
+    if _identity(after) != read_as or os.stat(dst).st_ino != after.st_ino:
+        dst.unlink()  # written while we read it, or renamed over since: the copy holds what was read
+        return None
+    return [after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns]
+
+
+def intact(path: str | Path) -> bool:
+    """True unless a file of the snapshot at `path` is a hard link (see the module docstring)
+    whose inode, size, mtime or ctime differ from when it was linked: the worker calls it after
+    reading the files, and validates what it read in full when it is False."""
+    try:
+        recorded = json.loads((Path(path) / LINKED_MARK).read_text())
+    except FileNotFoundError:
+        return True  # a private copy
+    except (OSError, ValueError):
+        return False
+    for name, identity in recorded.items():
+        try:
+            st = os.stat(Path(path) / name)
+        except OSError:
+            return False
+        if [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns] != identity:
+            return False
+    return True
 
 
 def _peft_files(names: Iterable[str]) -> list[str]:

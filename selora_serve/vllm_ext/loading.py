@@ -15,7 +15,8 @@ included, takes vLLM's own path unchanged.
   shapes: a mismatched adapter must never reach the slot copy), decodes A and B in memory
   (nothing is written to disk) and hands the tensors to vLLM's `from_lora_tensors`. This runs
   inside the engine loop, so it does only what the API process has not: a snapshot the resolver
-  marked verified for this base (`store.is_verified`) skips the value-level checks (NaN/Inf,
+  marked verified for this base (`store.is_verified`), whose hard-linked files are unchanged since
+  (`store.snapshot.intact`, checked after reading them), skips the value-level checks (NaN/Inf,
   Omega checksums); any other directory is verified in full here.
 
 vLLM's LRU caches then own the LoRAModel; when it is evicted and requested again, `_load_adapter`
@@ -29,14 +30,15 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from ..adapter import SpectralAdapter
-from ..checkpoint import is_selora_checkpoint, load_packed, read_manifest
+from ..checkpoint import COEF_FILE, is_selora_checkpoint, load_packed, read_manifest
 from ..packed import PackedAdapter
 from ..peft_io import dense_state_dict, peft_config_dict
 from ..base_model import BaseFacts
-from ..store.snapshot import is_verified
+from ..store.snapshot import intact, is_verified
 from ..store.verify import SEDORA_REFUSAL
 from ..spectral import fused
 from . import host_cache, metrics
@@ -72,7 +74,12 @@ def load_verified(path: str, base_config, expected_lora_modules: set[str]) -> tu
     verified for that base (value checks skipped)."""
     facts = BaseFacts.of(base_config)
     verified = is_verified(path, facts.fingerprint)
-    adapter = load_packed(path, base_config=facts, verify=not verified)
+    manifest = read_manifest(path)
+    coefficients = (Path(path) / COEF_FILE).read_bytes()
+    if verified and not intact(path):  # a linked file rewritten in place since it was verified
+        logger.warning("%s: a file changed since this snapshot was verified; validating it in full", path)
+        verified = False
+    adapter = load_packed(path, base_config=facts, verify=not verified, manifest=manifest, coefficients=coefficients)
     unexpected = sorted(n for n in adapter.modules if n.rsplit(".", 1)[-1] not in expected_lora_modules)
     if unexpected:
         raise ValueError(
