@@ -22,7 +22,8 @@ Per server: a preload (one 1-token request per adapter, in order, untimed), then
 popularity (Zipf alpha = 1, p_i ~ 1/i, and uniform) one seeded trace of --requests streamed
 requests (--prompt-len random token ids, --max-tokens output tokens with ignore_eos,
 --concurrency in flight): output tokens/s, TTFT p50/p99, host RSS (the server's process tree,
-after the trace), and activations and disk loads per second. Those come from selora-serve's own
+after the trace; and its growth over the server's RSS before the preload, after one base-model
+request: what the adapters cost, the figure the RSS target is about), and activations and disk loads per second. Those come from selora-serve's own
 counters (`selora_adapter_decode_seconds_count`: every load or activation decodes once;
 `selora_adapter_loads_total`) and, for both systems, from replaying the trace through the two LRU
 tiers (slots, host cache) sequentially ("simulated": concurrency reorders a few). The twins'
@@ -66,7 +67,7 @@ except ImportError:
     from traffic import ms, prompts, request, run_trace, trace_models
 
 TARGETS = {"budget": {"output_tokens_per_s": 1.0, "ttft_p99_ms": 0.8},
-           "resident": {"output_tokens_per_s": 0.97, "rss_bytes": 0.15}}
+           "resident": {"output_tokens_per_s": 0.97, "rss_adapters_bytes": 0.15}}
 COMPARISONS = ("budget", "resident")
 POPULARITIES = ("zipf", "uniform")
 SYSTEMS = ("selora", "dense")
@@ -207,23 +208,25 @@ async def preload(server, adapter_names: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def simulate(models: list[str], slots: int, host: int) -> dict[str, int]:
+def simulate(models: list[str], slots: int, host: int, warm: list[str] = ()) -> dict[str, int]:
     """Activations (not in a slot) and disk loads (not in the host cache either) of `models` in
-    order, through two LRU tiers of `slots` and `host` adapters, both full of earlier traffic."""
+    order, through two LRU tiers of `slots` and `host` adapters after the requests `warm` (the
+    preload, and earlier traces) went through them."""
     slot_lru: OrderedDict = OrderedDict()
     host_lru: OrderedDict = OrderedDict()
-    activations = loads = 0
-    for name in models:
+    counts = {"activations": 0, "disk_loads": 0}
+    for k, name in enumerate([*warm, *models]):
+        counted = k >= len(warm)
         if name not in slot_lru:
-            activations += 1
+            counts["activations"] += counted
             if name not in host_lru:
-                loads += 1
+                counts["disk_loads"] += counted
         for lru, size in ((slot_lru, slots), (host_lru, host)):
             lru[name] = None
             lru.move_to_end(name)
             while len(lru) > size:
                 lru.popitem(last=False)
-    return {"activations": activations, "disk_loads": loads}
+    return counts
 
 
 # ---------------------------------------------------------------- runs
@@ -244,8 +247,11 @@ def run_system(comparison: str, system: str, model: Path, store: Path, dense: Pa
     server = start(system, model, store, dense, args, rank, host, args.work / "logs" / f"{comparison}-{system}.log")
     records = []
     try:
+        asyncio.run(preload(server, [BASE]))  # one base-model request: the server's own one-time costs
+        rss_base = tree_rss(server)
         preload_s = asyncio.run(preload(server, adapter_names))
         after_preload = scrape(server) if system == "selora" else {}
+        history = list(adapter_names)  # what went through the caches so far, in order
         for popularity in todo:
             seed = args.seed + POPULARITIES.index(popularity)
             models = trace_models(adapter_names, args.requests, popularity, seed)
@@ -256,13 +262,15 @@ def run_system(comparison: str, system: str, model: Path, store: Path, dense: Pa
             ttft = sorted(s.ttft for s in samples)
             tokens = sum(s.tokens for s in samples)
             host_count = host.get("max_cpu_loras") or args.adapters
-            sim = simulate(models, args.slots, host_count)
+            sim = simulate(models, args.slots, host_count, history)
+            history += models
             record = {
                 "comparison": comparison, "popularity": popularity, "system": system, "adapters": args.adapters,
                 "rank": rank, "slots": args.slots, **host, "requests": len(samples), "wall_s": round(wall, 3),
                 "output_tokens_per_s": round(tokens / wall, 3), "requests_per_s": round(len(samples) / wall, 3),
                 "ttft_p50_ms": ms(ttft[len(ttft) // 2]), "ttft_p99_ms": ms(ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))]),
-                "rss_bytes": tree_rss(server), "preload_s": round(preload_s, 1),
+                "rss_bytes": (rss := tree_rss(server)), "rss_base_bytes": rss_base,
+                "rss_adapters_bytes": rss - rss_base, "preload_s": round(preload_s, 1),
                 "simulated_activations_per_s": round(sim["activations"] / wall, 3),
                 "simulated_disk_loads_per_s": round(sim["disk_loads"] / wall, 3),
             }
@@ -302,7 +310,7 @@ def summarise(records: list[dict]) -> dict:
             if not (sel and den):
                 continue
             ratios = {k: round(sel[k] / den[k], 3) for k in ("output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms",
-                                                              "rss_bytes") if den.get(k)}
+                                                              "rss_bytes", "rss_adapters_bytes") if den.get(k)}
             met = {k: (ratios[k] >= t if k == "output_tokens_per_s" else ratios[k] <= t)
                    for k, t in TARGETS[comparison].items() if k in ratios}
             out["ratios"][f"{comparison}/{popularity}"] = {**ratios, "targets_met": met}
@@ -310,11 +318,13 @@ def summarise(records: list[dict]) -> dict:
 
 
 def print_table(summary: dict) -> None:
-    print("| comparison | popularity | system | tokens/s | TTFT p50 / p99 ms | RSS GiB | act./s (sim) | loads/s (sim) |")
+    print("| comparison | popularity | system | tokens/s | TTFT p50 / p99 ms | RSS GiB (adapters) | act./s (sim) "
+          "| loads/s (sim) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in summary["records"]:
         print(f"| {r['comparison']} | {r['popularity']} | {r['system']} | {r['output_tokens_per_s']:.1f} | "
-              f"{r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f} | {r['rss_bytes'] / 2**30:.2f} | "
+              f"{r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f} | {r['rss_bytes'] / 2**30:.2f} "
+              f"({r['rss_adapters_bytes'] / 2**30:.2f}) | "
               f"{r['simulated_activations_per_s']:.2f} | {r['simulated_disk_loads_per_s']:.2f} |")
     for key, ratios in summary["ratios"].items():
         print(f"{key}: selora/dense {ratios}")

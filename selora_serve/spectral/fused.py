@@ -201,6 +201,17 @@ def decode_stacked(
     return chunks(gather_chunk)
 
 
+def prepare(layouts) -> None:
+    """Build the tables of `layouts` (Omega's positions, the Fourier decoders', the filters) now,
+    so that the first decode of an adapter with one of them does not."""
+    for layout in layouts:
+        _positions32(layout)
+        if layout.basis.name == "wavelet":
+            _filters(layout.basis.wavelet)
+        else:
+            _decoder(layout, "cpu")
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel for every stored form, so that the first
     real decode pays no compilation."""

@@ -103,6 +103,29 @@ def decode(adapter: PackedAdapter, path: str, note: str, started: float | None =
     return tensors
 
 
+WARM_BASES = (("wavelet", "haar"), ("wavelet", "db4"), ("fourier", None))
+
+
+def default_layouts(facts: BaseFacts, lora_config) -> list:
+    """The matrix layouts of adapters made with the defaults (seed, eta, the default target
+    modules) at the engine's rank limit, for each common basis: their tables are built at engine
+    start. Adapters with another seed, eta or rank build theirs on first decode (a few ms)."""
+    from ..config import DEFAULT_TARGETS, SeLoRAConfig
+    from ..spectral.basis import Basis
+    from ..spectral.materialise import layout_for
+
+    rank = getattr(lora_config, "max_lora_rank", None) if lora_config is not None else None
+    defaults = SeLoRAConfig()
+    try:
+        shapes = set(facts.target_shapes(DEFAULT_TARGETS).values())
+    except ValueError:  # a model without those modules: nothing to prepare
+        return []
+    if not rank:
+        return []
+    return [layout_for(Basis(name, wavelet), defaults.seed, defaults.eta, shape)
+            for name, wavelet in WARM_BASES for d_in, d_out in shapes for shape in ((rank, d_in), (d_out, rank))]
+
+
 def selora_model_class(base_cls: type, base_config, form: str = "dense") -> type:
     """A subclass of vLLM's LoRAModel class `base_cls` that also loads SeLoRA directories; with
     `form` "spectral" each SeLoRA LoRAModel carries the `host_cache.SpectralSource` it is rebuilt
@@ -160,6 +183,7 @@ def install() -> None:
             host_cache.host_cache_bytes()  # a bad value fails here, before vLLM builds anything
             metrics.worker_metrics()  # the adapter metrics of this worker exist from now on
             fused.warm_up()  # compile (or load) the decode kernels now, not on the first request
+            fused.prepare(default_layouts(base_config, vllm_config.lora_config))
             init(self, vllm_config, device, embedding_modules, selora_model_class(lora_model_cls, base_config, form))
             if form == "spectral":
                 self._manager_cls = host_cache.spectral_manager_class(self._manager_cls)
