@@ -103,22 +103,43 @@ def shape(port: int, mbit: int | None) -> None:
 # ---------------------------------------------------------------- adapters
 
 
-def llama8b_adapters(root: Path, layers: int) -> tuple[Path, Path, object]:
-    """A LLaMA-3-8B-shaped SeLoRA checkpoint (made for that config's fingerprint), its PEFT twin,
-    and the config's BaseFacts."""
+def quantise_in_place(checkpoint: Path, bits: int | None) -> None:
+    """Replace the SeLoRA checkpoint at `checkpoint` by its `bits`-bit form (kept if it is already)."""
+    from selora_serve.checkpoint import read_manifest
+    from selora_serve.convert import quantize
+
+    if bits is None or read_manifest(checkpoint).quantization is not None:
+        return
+    quantize(checkpoint, checkpoint.with_name(checkpoint.name + ".q"), bits=bits)
+    shutil.rmtree(checkpoint)
+    checkpoint.with_name(checkpoint.name + ".q").rename(checkpoint)
+
+
+def llama8b_dir(root: Path, layers: int, bits: int | None) -> Path:
+    return root / (f"llama8b-{layers}" + (f"-int{bits}" if bits else ""))
+
+
+def llama8b_adapters(root: Path, layers: int, bits: int | None = None) -> tuple[Path, Path, object]:
+    """A LLaMA-3-8B-shaped SeLoRA checkpoint (made for that config's fingerprint; `bits`: with
+    quantised coefficients), its PEFT twin (of the dequantised adapter), and the config's BaseFacts."""
     from selora_serve.adapter import BaseModelInfo
     from selora_serve.base_model import LLAMA3_8B, BaseFacts, config_from_dict
     from selora_serve.checkpoint import save_checkpoint
     from selora_serve.convert import to_peft
 
     facts = BaseFacts.of(config_from_dict(dict(LLAMA3_8B, num_hidden_layers=layers)))
-    selora, dense = root / f"llama8b-{layers}" / "selora", root / f"llama8b-{layers}" / "dense"
+    selora, dense = llama8b_dir(root, layers, bits) / "selora", llama8b_dir(root, layers, bits) / "dense"
     if not selora.is_dir():
         adapter = make_adapter("haar", layers)
         save_checkpoint(replace(adapter, base=BaseModelInfo("llama3-8b-shaped", facts.fingerprint)), selora)
+    quantise_in_place(selora, bits)
     if not dense.is_dir():
         to_peft(selora, dense)
     return selora, dense, facts
+
+
+def real_name(bits: int | None) -> str:
+    return "real" + (f"-int{bits}" if bits else "")
 
 
 def dir_bytes(path: Path) -> int:
@@ -262,7 +283,7 @@ def inside(args) -> dict:
             from selora_serve.base_model import LLAMA3_8B, BaseFacts, config_from_dict
 
             layers = QUICK_LAYERS if args.quick else LLAMA3_8B["num_hidden_layers"]
-            base = work / f"llama8b-{layers}"
+            base = llama8b_dir(work, layers, args.bits)
             s3.upload_dir(BUCKET, "llama8b/selora", base / "selora")
             s3.upload_dir(BUCKET, "llama8b/dense", base / "dense")
             facts = BaseFacts.of(config_from_dict(dict(LLAMA3_8B, num_hidden_layers=layers)))
@@ -295,6 +316,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="the real model directory (default: SmolLM2-135M-Instruct, exported into the work directory)")
     p.add_argument("--quick", action="store_true",
                    help="CI-sized: 2 LLaMA layers, the tiny local model for the 'real' part, 2 probes")
+    p.add_argument("--bits", type=int, choices=(8, 4), default=None,
+                   help="store the SeLoRA checkpoints with 8- or 4-bit coefficients (default: float32); the dense "
+                        "twins stay float32 PEFT files of the same shapes")
     p.add_argument("--work-dir", type=Path, help="keep the adapters here (default: a temporary directory)")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results to PATH, atomically")
     p.add_argument("--plot", type=Path, metavar="PNG", help="also draw the results as bars into PNG")
@@ -367,9 +391,11 @@ def run_local(args, work: Path) -> dict:
     from selora_serve.tiny import TinySpec
 
     names = [f"a{i}" for i in range(args.probes)]
-    ws = build_workspace(work / "real", TinySpec(), 8 if args.quick else REAL_RANK, 0.6, names, seed=0,
+    ws = build_workspace(work / real_name(args.bits), TinySpec(), 8 if args.quick else REAL_RANK, 0.6, names, seed=0,
                          model=None if args.quick else args.model or real_model(work))
-    store = work / "local-store"
+    for name in names:
+        quantise_in_place(ws.store / name, args.bits)
+    store = work / ("local-store" + (f"-int{args.bits}" if args.bits else ""))
     for name in names:
         for kind, src in (("selora", ws.store), ("dense", ws.dense)):
             if not (store / f"{kind}-{name}").is_dir():
@@ -379,7 +405,8 @@ def run_local(args, work: Path) -> dict:
     results = {"real": measure_real(str(store), {}, names, {"local": None}, None, args.probes, work, ws.model,
                                     evict=lambda adapter: pagecache.evict([store / adapter]))}
     return {"benchmark": "coldfetch", "store": "local", "hardware": hardware(["cpu"]),
-            "config": {"quick": args.quick, "probes": args.probes, "eta": 0.6, "targets": list(TARGETS), "basis": "haar"},
+            "config": {"quick": args.quick, "probes": args.probes, "eta": 0.6, "targets": list(TARGETS), "basis": "haar",
+                       "bits": args.bits},
             "sizes": {"real": {"selora_bytes": dir_bytes(store / f"selora-{names[0]}"),
                                "dense_bytes": dir_bytes(store / f"dense-{names[0]}"), "model": str(ws.model)}},
             "results": results}
@@ -395,15 +422,17 @@ def run(args, work: Path) -> dict:
     layers = QUICK_LAYERS if args.quick else LLAMA3_8B["num_hidden_layers"]
     sizes = {}
     if "llama8b" in args.parts:
-        selora, dense, _ = llama8b_adapters(work, layers)
+        selora, dense, _ = llama8b_adapters(work, layers, args.bits)
         sizes["llama8b"] = {"selora_bytes": dir_bytes(selora), "dense_bytes": dir_bytes(dense), "layers": layers}
-    real_dir, model = work / "real", args.model
+    real_dir, model = work / real_name(args.bits), args.model
     if "real" in args.parts:
         from selora_serve.tiny import TinySpec
 
         names = [f"a{i}" for i in range(args.probes * len(settings))]
         ws = build_workspace(real_dir, TinySpec(), 8 if args.quick else REAL_RANK, 0.6, names, seed=0,
                              model=None if args.quick else model or real_model(work))
+        for name in names:
+            quantise_in_place(ws.store / name, args.bits)
         model = ws.model
         sizes["real"] = {"selora_bytes": dir_bytes(ws.store / names[0]), "dense_bytes": dir_bytes(ws.dense / names[0]),
                          "model": str(model), "rank": 8 if args.quick else REAL_RANK}
@@ -412,7 +441,8 @@ def run(args, work: Path) -> dict:
     port = free_port()
     child = [sys.executable, str(Path(__file__).resolve()), "--inside", "--port", str(port), "--work-dir", str(work),
              "--parts", ",".join(args.parts), "--settings", ",".join(settings), "--probes", str(args.probes),
-             "--real-dir", str(real_dir)] + (["--model", str(model)] if model else []) + (["--quick"] if args.quick else [])
+             "--real-dir", str(real_dir)] + (["--model", str(model)] if model else []) + (["--quick"] if args.quick else []) \
+        + (["--bits", str(args.bits)] if args.bits else [])
     ns = None
     if problem is None:
         ns = f"selora-bench-{os.getpid()}"
@@ -436,7 +466,8 @@ def run(args, work: Path) -> dict:
     return {"benchmark": "coldfetch", "hardware": hardware(["cpu"]),
             "link": {"throttle": "tc htb, netns loopback, S3 server's port" if ns else None, "why_not": problem,
                      "settings_mbit": {s: SETTINGS[s] for s in settings}},
-            "config": {"quick": args.quick, "probes": args.probes, "eta": 0.6, "targets": list(TARGETS), "basis": "haar"},
+            "config": {"quick": args.quick, "probes": args.probes, "eta": 0.6, "targets": list(TARGETS), "basis": "haar",
+                       "bits": args.bits},
             "sizes": sizes, "results": results}
 
 

@@ -95,6 +95,10 @@ def parse_args(argv=None):
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/density.jsonl"))
     p.add_argument("--summary", type=Path, default=Path("benchmarks/results/density.json"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--round", type=int, default=0,
+                   help="a repeat of the run, recorded as such (default 0); odd rounds start each comparison with "
+                        "plain vLLM once selora-serve's bytes are known, so drift lands on both systems. Ratios "
+                        "are medians over rounds")
     p.add_argument("--quick", action="store_true", help="N = 24, 24 requests, results under --work (a check)")
     args = p.parse_args(argv)
     if args.quick:
@@ -237,7 +241,7 @@ def read_records(path: Path) -> list[dict]:
 
 
 def done_keys(path: Path) -> set[tuple]:
-    return {(r["comparison"], r["popularity"], r["system"]) for r in read_records(path)}
+    return {(r["comparison"], r["popularity"], r["system"], r.get("round", 0)) for r in read_records(path)}
 
 
 def run_system(comparison: str, system: str, model: Path, store: Path, dense: Path, rank: int, host: dict,
@@ -265,7 +269,8 @@ def run_system(comparison: str, system: str, model: Path, store: Path, dense: Pa
             sim = simulate(models, args.slots, host_count, history)
             history += models
             record = {
-                "comparison": comparison, "popularity": popularity, "system": system, "adapters": args.adapters,
+                "comparison": comparison, "popularity": popularity, "system": system, "round": args.round,
+                "adapters": args.adapters,
                 "rank": rank, "slots": args.slots, **host, "requests": len(samples), "wall_s": round(wall, 3),
                 "output_tokens_per_s": round(tokens / wall, 3), "requests_per_s": round(len(samples) / wall, 3),
                 "ttft_p50_ms": ms(ttft[len(ttft) // 2]), "ttft_p99_ms": ms(ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))]),
@@ -302,27 +307,36 @@ def host_settings(comparison: str, system: str, args, model: Path, rank: int, se
 
 
 def summarise(records: list[dict]) -> dict:
+    """Per comparison and popularity: the median over rounds of each round's selora / dense ratio."""
+    import statistics
+
     out: dict = {"ratios": {}, "records": records}
-    by = {(r["comparison"], r["popularity"], r["system"]): r for r in records}
+    by = {(r["comparison"], r["popularity"], r["system"], r.get("round", 0)): r for r in records}
+    rounds = sorted({r.get("round", 0) for r in records})
+    keys = ("output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "rss_bytes", "rss_adapters_bytes")
     for comparison in COMPARISONS:
         for popularity in POPULARITIES:
-            sel, den = by.get((comparison, popularity, "selora")), by.get((comparison, popularity, "dense"))
-            if not (sel and den):
+            per_round = []
+            for rnd in rounds:
+                sel, den = by.get((comparison, popularity, "selora", rnd)), by.get((comparison, popularity, "dense", rnd))
+                if sel and den:
+                    per_round.append({k: sel[k] / den[k] for k in keys if den.get(k)})
+            if not per_round:
                 continue
-            ratios = {k: round(sel[k] / den[k], 3) for k in ("output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms",
-                                                              "rss_bytes", "rss_adapters_bytes") if den.get(k)}
+            ratios = {k: round(statistics.median(r[k] for r in per_round), 3) for k in per_round[0]}
             met = {k: (ratios[k] >= t if k == "output_tokens_per_s" else ratios[k] <= t)
                    for k, t in TARGETS[comparison].items() if k in ratios}
-            out["ratios"][f"{comparison}/{popularity}"] = {**ratios, "targets_met": met}
+            out["ratios"][f"{comparison}/{popularity}"] = {**ratios, "rounds": len(per_round), "targets_met": met}
     return out
 
 
 def print_table(summary: dict) -> None:
-    print("| comparison | popularity | system | tokens/s | TTFT p50 / p99 ms | RSS GiB (adapters) | act./s (sim) "
+    print("| comparison | popularity | system | round | tokens/s | TTFT p50 / p99 ms | RSS GiB (adapters) | act./s (sim) "
           "| loads/s (sim) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in summary["records"]:
-        print(f"| {r['comparison']} | {r['popularity']} | {r['system']} | {r['output_tokens_per_s']:.1f} | "
+        print(f"| {r['comparison']} | {r['popularity']} | {r['system']} | {r.get('round', 0)} | "
+              f"{r['output_tokens_per_s']:.1f} | "
               f"{r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f} | {r['rss_bytes'] / 2**30:.2f} "
               f"({r['rss_adapters_bytes'] / 2**30:.2f}) | "
               f"{r['simulated_activations_per_s']:.2f} | {r['simulated_disk_loads_per_s']:.2f} |")
@@ -343,13 +357,12 @@ def main(argv=None) -> None:
         rank = args.rank if comparison == "budget" else args.resident_rank
         store, dense = build_adapters(model, args.work / f"r{rank}-n{args.adapters}-int{args.bits}", rank,
                                       args.adapters, args.bits, args.seed)
-        selora_bytes = None
-        for system in SYSTEMS:  # selora first: its tier's bytes set plain vLLM's budget
-            todo = [p for p in POPULARITIES if (comparison, p, system) not in done]
-            mine = [r for r in read_records(args.results) if r["comparison"] == comparison and r["system"] == "selora"
-                    and r.get("host_resident_bytes_after_preload")]
-            if system == "dense" and mine:
-                selora_bytes = int(mine[0]["host_resident_bytes_after_preload"])
+        known = [r for r in read_records(args.results) if r["comparison"] == comparison and r["system"] == "selora"
+                 and r.get("host_resident_bytes_after_preload")]
+        selora_bytes = int(known[0]["host_resident_bytes_after_preload"]) if known else None
+        order = SYSTEMS[::-1] if args.round % 2 and known else SYSTEMS  # selora first unless its bytes are known
+        for system in order:
+            todo = [p for p in POPULARITIES if (comparison, p, system, args.round) not in done]
             if not todo:
                 continue
             if system == "selora":

@@ -14,8 +14,12 @@ group, dequantised only inside the decode. No files, no I/O.
 
 from __future__ import annotations
 
+import mmap
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Mapping
 
 import torch
 
@@ -31,7 +35,7 @@ class LayoutStack:
     1 for B); `values` (B, k) float, (B, k) int8 or (B, ceil(k/2)) uint8, `scales` (B, groups)."""
 
     layout: MatrixLayout
-    members: list[tuple[str, int]]
+    members: tuple[tuple[str, int], ...]
     values: torch.Tensor
     scales: torch.Tensor | None = None
 
@@ -40,7 +44,7 @@ class LayoutStack:
 class PackedAdapter:
     config: SeLoRAConfig
     base: BaseModelInfo
-    modules: dict[str, tuple[int, int]]  # name -> (in_features, out_features)
+    modules: Mapping[str, tuple[int, int]]  # name -> (in_features, out_features); shared, read-only
     stacks: list[LayoutStack]
     bits: int = FLOAT_BITS  # 8 or 4 when quantised
     group_size: int = 1
@@ -63,18 +67,62 @@ def layout_members(config: SeLoRAConfig, modules: dict[str, tuple[int, int]]) ->
     return groups
 
 
+@lru_cache(maxsize=64)
+def _structure(config: SeLoRAConfig, modules: tuple[tuple[str, tuple[int, int]], ...]):
+    """(modules, ((layout, members), ...)) shared by every adapter of the same structure: a
+    thousand tenants' adapters of one base model hold one copy of their module names, not one each
+    (about 45 KB per SmolLM2 adapter)."""
+    groups = layout_members(config, dict(modules))
+    return MappingProxyType(dict(modules)), tuple((layout, tuple(members)) for layout, members in groups.items())
+
+
+_ALIGN = 64
+
+
+def _arena(sizes: list[int]) -> list[torch.Tensor]:
+    """Byte views of one anonymous memory mapping, one per size (64-byte aligned). An adapter's
+    stored form is then one mapping of its own: it never fragments the heap between long-lived
+    adapters and transient decode buffers, and its pages go back to the system when it is freed."""
+    offsets, total = [], 0
+    for size in sizes:
+        offsets.append(total)
+        total += -(-size // _ALIGN) * _ALIGN
+    arena = torch.frombuffer(mmap.mmap(-1, max(total, 1)), dtype=torch.uint8)  # keeps the mapping alive
+    return [arena[offset:offset + size] for offset, size in zip(offsets, sizes)]
+
+
+def _into(view: torch.Tensor, source: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """The tensors `source` stacked into the bytes `view`, as `dtype` rows."""
+    out = view.view(dtype).view(len(source), -1)
+    for row, tensor in zip(out, source):
+        row.copy_(tensor)
+    return out
+
+
 def pack_stored(config: SeLoRAConfig, base: BaseModelInfo, modules: dict[str, tuple[int, int]],
                 tensors: dict[str, torch.Tensor], bits: int = FLOAT_BITS, group_size: int = 1) -> PackedAdapter:
     """From a checkpoint's stored tensors ("{module}.coef_a", ".coef_b", their ".scale" when
-    quantised, ".magnitude"), already validated against the manifest."""
-    stacks = []
-    for layout, members in layout_members(config, modules).items():
+    quantised, ".magnitude"), already validated against the manifest; every stack in one
+    anonymous mapping (`_arena`), scales as float32."""
+    shared_modules, groups = _structure(config, tuple(modules.items()))
+    plan = []  # (layout, members, value tensors, scale tensors or None)
+    for layout, members in groups:
         keys = [f"{name}.coef_{'ab'[which]}" for name, which in members]
-        values = torch.stack([tensors[key] for key in keys])
-        scales = None if bits == FLOAT_BITS else torch.stack([tensors[f"{key}.scale"] for key in keys]).float()
-        stacks.append(LayoutStack(layout, members, values, scales))
+        scales = None if bits == FLOAT_BITS else [tensors[f"{key}.scale"] for key in keys]
+        plan.append((layout, members, [tensors[key] for key in keys], scales))
+    sizes = []
+    for _, _, values, scales in plan:
+        sizes.append(len(values) * values[0].numel() * values[0].element_size())
+        if scales is not None:
+            sizes.append(len(scales) * scales[0].numel() * 4)
+    views = iter(_arena(sizes))
+    stacks = []
+    for layout, members, values, scales in plan:
+        stacked = _into(next(views), values, values[0].dtype)
+        scale_stack = None if scales is None else _into(next(views), scales, torch.float32)
+        stacks.append(LayoutStack(layout, members, stacked, scale_stack))
     magnitudes = {name: tensors[f"{name}.magnitude"] for name in modules if f"{name}.magnitude" in tensors}
-    return PackedAdapter(config, base, dict(modules), stacks, bits, group_size, magnitudes)
+    return PackedAdapter(config, base, shared_modules, stacks, bits, group_size, magnitudes)
 
 
 def pack(adapter: SpectralAdapter) -> PackedAdapter:

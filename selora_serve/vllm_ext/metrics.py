@@ -243,11 +243,23 @@ def slot_ids() -> set[int] | None:
     }
 
 
-def _observed(method, evicting: bool):
+def _in_slot(worker_manager, args) -> bool:
+    """True when add_adapter's request names an adapter already registered and in a slot: vLLM
+    calls add_adapter for every adapter of every step, and then it only touches the LRUs. Taking
+    the snapshots would cost O(adapters in the host cache) per call (a thousand, here)."""
+    manager = getattr(worker_manager, "_adapter_manager", None)
+    lora_id = getattr(args[0], "lora_int_id", None) if args else None
+    return (manager is not None and lora_id is not None and lora_id in manager.lora_index_to_id
+            and lora_id in manager._registered_adapters and not getattr(args[0], "load_inplace", False))
+
+
+def _observed(method, evicting: bool, fast_path: bool = False):
     """Wrap a WorkerLoRAManager method to record what it changed in the caches."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
+        if fast_path and _in_slot(self, args):
+            return method(self, *args, **kwargs)
         before = _snapshot(self)
         try:
             return method(self, *args, **kwargs)
@@ -270,7 +282,7 @@ def install() -> None:
         # Patched on the LRU subclass vLLM's model runner uses, so the base class is untouched.
         for name, evicting in (("add_adapter", True), ("pin_adapter", True),
                                ("remove_adapter", False), ("remove_all_adapters", False)):
-            setattr(cls, name, _observed(getattr(cls, name), evicting))
+            setattr(cls, name, _observed(getattr(cls, name), evicting, fast_path=name == "add_adapter"))
 
     finish = OutputProcessor._finish_request
     if not getattr(finish, _MARK, False):

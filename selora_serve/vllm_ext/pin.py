@@ -177,8 +177,10 @@ HOOKS: tuple[Hook, ...] = (
     # metrics.py: residency and evictions (worker), requests and tokens (API server), /metrics.
     Hook(
         "vllm.lora.worker_manager", "LRUCacheWorkerLoRAManager.add_adapter", ("self", "lora_request"),
-        ("self._adapter_manager.remove_oldest_adapter()", "self._adapter_manager.activate_adapter("),
-        why="wrapped: where vLLM's host LRU evicts, and (activating) its slot LRU",
+        ("self._adapter_manager.remove_oldest_adapter()", "self._adapter_manager.activate_adapter(",
+         "lora_request.lora_int_id not in self.list_adapters()", "or lora_request.load_inplace"),
+        why="wrapped: where vLLM's host LRU evicts, and (activating) its slot LRU; an adapter already "
+            "registered and in a slot (not reloaded in place) changes neither: the wrapper's fast path",
     ),
     Hook(
         "vllm.lora.worker_manager", "LRUCacheWorkerLoRAManager._apply_adapters", ("self", "lora_requests"),
