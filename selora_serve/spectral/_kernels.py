@@ -1,11 +1,36 @@
 """The compiled kernels of `fused` (numba; imported on first decode, cached on disk by numba).
 
 Module-level functions so that numba's on-disk cache applies (it does not to closures): a
-process pays the compilation once per machine, and about 0.1 s to load them after that.
+process pays the compilation once per machine, and about 0.1 s to load them after that. The cache
+lives beside this file (numba's default) when that is writable, else (a read-only install, as in
+a container) under ~/.cache/selora-serve/numba or the temporary directory, unless
+NUMBA_CACHE_DIR says where: numba refuses to compile a cached function it has nowhere to cache.
 """
+
+import os
+import tempfile
+from pathlib import Path
 
 import numba
 import numpy as np
+
+
+def _cache_dir() -> str | None:
+    """Where numba should cache these kernels, or None for its default (beside this file)."""
+    if os.environ.get("NUMBA_CACHE_DIR") or os.access(Path(__file__).parent, os.W_OK):
+        return None
+    for candidate in (Path.home() / ".cache" / "selora-serve" / "numba", Path(tempfile.gettempdir()) / "selora-numba"):
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(candidate, os.W_OK):
+            return str(candidate)
+    return None
+
+
+if (_where := _cache_dir()) is not None:
+    numba.config.CACHE_DIR = _where
 
 jit = numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
 U = np.uint64

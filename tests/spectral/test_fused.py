@@ -91,3 +91,18 @@ def test_refuses_malformed_stacks(values, scales, bits, message):
 def test_warm_up_compiles_every_form():
     fused.warm_up()
     assert fused._kernels.cache_info().currsize == 1
+
+
+def test_kernel_cache_goes_somewhere_writable_on_a_read_only_install(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from selora_serve.spectral import _kernels
+
+    package = Path(_kernels.__file__).parent
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    real_access = _kernels.os.access
+    monkeypatch.setattr(_kernels.os, "access", lambda p, mode: False if Path(p) == package else real_access(p, mode))
+    monkeypatch.setattr(_kernels.Path, "home", lambda: tmp_path)
+    assert _kernels._cache_dir() == str(tmp_path / ".cache" / "selora-serve" / "numba")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
+    assert _kernels._cache_dir() is None  # numba reads the variable itself
