@@ -94,8 +94,10 @@ def _arena(sizes: list[int]) -> list[torch.Tensor]:
 def _into(view: torch.Tensor, source: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
     """The tensors `source` stacked into the bytes `view`, as `dtype` rows."""
     out = view.view(dtype).view(len(source), -1)
-    for row, tensor in zip(out, source):
-        row.copy_(tensor)
+    if source[0].dtype == dtype:
+        torch.stack(source, out=out)
+    else:  # float16 scales, held as float32
+        out.copy_(torch.stack(source))
     return out
 
 
