@@ -14,6 +14,7 @@ group, dequantised only inside the decode. No files, no I/O.
 
 from __future__ import annotations
 
+import json
 import mmap
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -124,6 +125,52 @@ def pack_stored(config: SeLoRAConfig, base: BaseModelInfo, modules: dict[str, tu
         scale_stack = None if scales is None else _into(next(views), scales, torch.float32)
         stacks.append(LayoutStack(layout, members, stacked, scale_stack))
     magnitudes = {name: tensors[f"{name}.magnitude"] for name in modules if f"{name}.magnitude" in tensors}
+    return PackedAdapter(config, base, shared_modules, stacks, bits, group_size, magnitudes)
+
+
+def pack_bytes(config: SeLoRAConfig, base: BaseModelInfo, modules: dict[str, tuple[int, int]], data: bytes,
+               bits: int = FLOAT_BITS, group_size: int = 1) -> PackedAdapter:
+    """`pack_stored` straight from a coefficient file's safetensors bytes (its structure already
+    checked against the manifest): each stored tensor's bytes are copied into its row of the
+    adapter's mapping, without a tensor object per stored tensor (600 of them for SmolLM2)."""
+    import numpy as np
+
+    from .checkpoint.safetensors_bytes import _SAFETENSORS  # checkpoint/ imports this module
+
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(bytes(data[8:8 + n]))
+    raw = np.frombuffer(data, dtype=np.uint8, offset=8 + n)
+    dtypes = {code: getattr(torch, name) for code, (_, name) in _SAFETENSORS.items()}
+
+    def span(key: str) -> np.ndarray:
+        start, end = header[key]["data_offsets"]
+        return raw[start:end]
+
+    shared_modules, groups = _structure(config, tuple(modules.items()))
+    keys = [[f"{name}.coef_{'ab'[which]}" for name, which in members] for _, members in groups]
+    sizes = []
+    for group in keys:
+        sizes.append(len(group) * span(group[0]).nbytes)
+        if bits != FLOAT_BITS:
+            sizes.append(len(group) * span(f"{group[0]}.scale").nbytes * 2)  # float16 -> float32
+    views = iter(_arena(sizes))
+    stacks = []
+    for (layout, members), group in zip(groups, keys):
+        values = next(views).view(len(group), -1)
+        rows = values.numpy()
+        for i, key in enumerate(group):
+            rows[i] = span(key)
+        values = values.view(dtypes[header[group[0]]["dtype"]])
+        scales = None
+        if bits != FLOAT_BITS:
+            scales = next(views).view(torch.float32).view(len(group), -1)
+            out = scales.numpy()
+            for i, key in enumerate(group):
+                out[i] = span(f"{key}.scale").view(np.float16)
+        stacks.append(LayoutStack(layout, members, values, scales))
+    magnitudes = {name: torch.frombuffer(bytearray(span(f"{name}.magnitude")),
+                                         dtype=dtypes[header[f"{name}.magnitude"]["dtype"]])
+                  for name in modules if f"{name}.magnitude" in header}
     return PackedAdapter(config, base, shared_modules, stacks, bits, group_size, magnitudes)
 
 

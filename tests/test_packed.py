@@ -73,3 +73,21 @@ def test_the_torch_path_for_other_devices_equals_the_compiled_one(checkpoints, t
         _close(plain[name][1], b)
     with pytest.raises(ValueError, match="compiled decode runs on the CPU"):
         materialise_packed(packed, device="meta", compiled=True)
+
+
+def test_sedora_magnitudes_and_bfloat16_coefficients_come_through_the_bytes(tiny_model, tmp_path):
+    from tests.conftest import make_checkpoint
+
+    path = make_checkpoint(tiny_model, tmp_path / "sedora", variant="sedora", basis="wavelet", wavelet="haar")
+    adapter, packed = load_checkpoint(path), load_packed(path)
+    assert packed.magnitudes.keys() == adapter.modules.keys()
+    for name, mod in adapter.modules.items():
+        assert torch.equal(packed.magnitudes[name], mod.magnitude)
+    from selora_serve.checkpoint import save_checkpoint
+
+    bf16 = save_checkpoint(adapter, tmp_path / "bf16", coefficient_dtype="bfloat16")
+    stacks = load_packed(bf16).stacks
+    assert {s.values.dtype for s in stacks} == {torch.bfloat16}
+    name, which = stacks[0].members[0]
+    want = load_checkpoint(bf16).modules[name]
+    assert torch.equal(stacks[0].values[0], want.coef_a if which == 0 else want.coef_b)

@@ -28,13 +28,13 @@ import torch
 from .. import __version__
 from ..adapter import BaseModelInfo, ModuleCoefficients, SpectralAdapter
 from ..atomic import atomic_directory
-from ..packed import PackedAdapter, pack_stored
+from ..packed import PackedAdapter, pack_bytes
 from ..spectral.fused import FLOAT_BITS
 from ..config import ConfigError, SeLoRAConfig
 from ..spectral.materialise import MatrixLayout, layout_for
 from ..spectral.omega import num_coefficients, omega_digest
 from .quant import SCALE_DTYPE_NAME, QuantSpec, dequantize, quantize
-from .safetensors_bytes import _SAFETENSORS, all_finite_fast, safetensors_layout
+from .safetensors_bytes import _SAFETENSORS, all_finite_fast, nonfinite_counts, safetensors_layout
 
 CONFIG_FILE = "selora_config.json"
 COEF_FILE = "selora_coefficients.safetensors"
@@ -286,22 +286,27 @@ def _shape_error(manifest: Manifest, key: str, got: tuple, shape: tuple) -> str:
     return f"has shape {list(got)}, expected {list(shape)} for {manifest.quantization.bits}-bit coefficients"
 
 
+def _coefficient_bytes(manifest: Manifest) -> bytes:
+    file = manifest.path / COEF_FILE
+    try:
+        return file.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(file, "(file)", "missing") from None
+    except OSError as exc:
+        raise CheckpointError(file, "(file)", f"cannot read ({exc})") from None
+
+
 def _read_tensors(manifest: Manifest, check_values: bool = True, data: bytes | None = None) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     file = manifest.path / COEF_FILE
     expected = _expected_tensors(manifest)
+    data = _coefficient_bytes(manifest) if data is None else data  # one read, one parse
     try:
-        # One read, one parse: this runs in the engine's loop on every adapter load.
-        data = file.read_bytes() if data is None else data
         tensors = load(data)
-    except FileNotFoundError:
-        raise CheckpointError(file, "(file)", "missing") from None
     except SafetensorError as exc:
         raise CheckpointError(file, "(file)", f"corrupt or truncated safetensors ({exc})") from None
-    except OSError as exc:
-        raise CheckpointError(file, "(file)", f"cannot read ({exc})") from None
     _check_tensor_names(file, expected, tensors)
     for key, (shape, dtype) in expected.items():
         got = tensors[key]
@@ -323,10 +328,9 @@ def _read_tensors(manifest: Manifest, check_values: bool = True, data: bytes | N
     return {key: tensors[key] for key in expected}
 
 
-def check_coefficients(manifest: Manifest, data: bytes) -> None:
-    """Everything `load_checkpoint(verify=True)` checks in the coefficient file's bytes `data`
-    (tensor names, counts, dtypes, every value finite), from its header and one reduction over
-    its data region, without building a tensor. CheckpointError naming the file and field."""
+def _check_structure(manifest: Manifest, data: bytes) -> dict[str, tuple[tuple[int], str]]:
+    """The tensors' names, counts and dtypes in the coefficient file's bytes `data`, from its
+    header alone; the expected {name: (shape, dtype)}. CheckpointError naming the file and field."""
     file = manifest.path / COEF_FILE
     try:
         layout = safetensors_layout(data)
@@ -340,7 +344,22 @@ def check_coefficients(manifest: Manifest, data: bytes) -> None:
             raise CheckpointError(file, key, _shape_error(manifest, key, got, shape))
         if _SAFETENSORS[code][1] != want:
             raise CheckpointError(file, key, f"dtype {_SAFETENSORS[code][1]}, manifest says {want}")
-    if manifest.quantization is not None or not all_finite_fast(data, DTYPES[manifest.coefficient_dtype]):
+    return expected
+
+
+def check_coefficients(manifest: Manifest, data: bytes) -> None:
+    """Everything `load_checkpoint(verify=True)` checks in the coefficient file's bytes `data`
+    (tensor names, counts, dtypes, every value finite), from its header and one reduction over
+    its data region, without building a tensor. CheckpointError naming the file and field."""
+    file = manifest.path / COEF_FILE
+    expected = _check_structure(manifest, data)
+    if manifest.quantization is not None:  # integer values: only the float tensors can hold NaN/Inf
+        floats = {key: (torch.float16 if want == SCALE_DTYPE_NAME else DTYPES[want])
+                  for key, (_, want) in expected.items() if want in DTYPES or want == SCALE_DTYPE_NAME}
+        for key, bad in nonfinite_counts(data, floats).items():
+            if bad:
+                raise CheckpointError(file, key, f"{bad} NaN/Inf value(s); coefficients must be finite")
+    elif not all_finite_fast(data, DTYPES[manifest.coefficient_dtype]):
         _read_tensors(manifest, check_values=True, data=data)  # the exact test, to name the culprit
     verify_omega(manifest)
 
@@ -404,10 +423,19 @@ def load_packed(
 ) -> PackedAdapter:
     """As `load_checkpoint` (same checks, same arguments), but the coefficients as stored, one
     stack per layout (`packed.PackedAdapter`): a quantised checkpoint stays quantised."""
-    manifest, tensors = _load_stored(path, base_config, verify, manifest, coefficients)
+    if manifest is None or Path(manifest.path) != Path(path):
+        manifest = read_manifest(path)
+    if base_config is not None:
+        check_against_base(manifest, base_config)
+    data = _coefficient_bytes(manifest) if coefficients is None else coefficients
+    if verify:
+        check_coefficients(manifest, data)  # every check of `load_checkpoint`, on the bytes
+    else:
+        _check_structure(manifest, data)
     q = manifest.quantization
     bits, group = (FLOAT_BITS, 1) if q is None else (q.bits, q.group_size)
-    return pack_stored(manifest.config, manifest.base, manifest.modules, tensors, bits, group)
+    # straight from the file's bytes into the adapter's stacks: no tensor per stored tensor
+    return pack_bytes(manifest.config, manifest.base, manifest.modules, data, bits, group)
 
 
 def manifest_dict(adapter: SpectralAdapter, coefficient_dtype: str,

@@ -87,3 +87,28 @@ def all_finite_fast(data: bytes, dtype: torch.dtype) -> bool:
         warnings.simplefilter("ignore", UserWarning)
         values = torch.frombuffer(data, dtype=dtype, offset=start)
     return bool(torch.isfinite(values.sum(dtype=torch.float32)))
+
+
+
+
+def nonfinite_counts(data: bytes, names: dict[str, torch.dtype]) -> dict[str, int]:
+    """NaN/Inf values of each float tensor in `names` ({name: its dtype}) of the safetensors bytes
+    `data` (checked by `safetensors_layout` first), without building a tensor per name unless one
+    holds any: for a quantised file, whose integer values cannot be non-finite, only its scales
+    need looking at (one test over their bytes gathered per dtype, then per tensor if it fails)."""
+    import numpy as np
+
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(bytes(data[8:8 + n]))
+    raw = np.frombuffer(data, dtype=np.uint8, offset=8 + n)
+    spans = {name: header[name]["data_offsets"] for name in names}
+    out = dict.fromkeys(names, 0)
+    for dtype in set(names.values()):
+        mine = [name for name, d in names.items() if d == dtype]
+        gathered = torch.from_numpy(np.concatenate([raw[a:b] for a, b in (spans[m] for m in mine)] or [raw[:0]]))
+        if bool(torch.isfinite(gathered.view(dtype)).all()):
+            continue
+        for name in mine:
+            start, end = spans[name]
+            out[name] = int((~torch.isfinite(torch.from_numpy(raw[start:end].copy()).view(dtype))).sum())
+    return out
