@@ -12,10 +12,12 @@ with) rebuilds the dense weights exactly as its first load did (same decode, sam
 `from_lora_tensors`, same packing) just before vLLM's own `activate_adapter` copies them into the
 slot; they are dropped right after. Contract:
 
-- host memory per cached SeLoRA adapter: its coefficients, (1 - eta) of its dense bytes at the
-  coefficients' dtype (`selora_adapter_resident_bytes{tier="host"}` reports exactly that);
-- every activation of an adapter that is not in a slot decodes it again (the load-time decode
-  without file I/O or validation, on the CPU); a request for an adapter already in its slot
+- host memory per cached SeLoRA adapter: its coefficients as stored (`packed.PackedAdapter`, one
+  anonymous mapping per adapter): (1 - eta) of its dense bytes at the coefficients' dtype, or its
+  int8 / int4 values and float32 scales (`selora_adapter_resident_bytes{tier="host"}` reports
+  exactly that);
+- every activation of an adapter that is not in a slot decodes it again (the load-time decode,
+  dequantisation included, without file I/O or validation, on the CPU); a request for an adapter already in its slot
   costs nothing more. The first activation after a load uses the weights that load decoded;
 - the slot contents are identical in both forms (tested): only when and how often the decode
   runs differs;
