@@ -298,9 +298,13 @@ def run_system(comparison: str, system: str, model: Path, store: Path, dense: Pa
     return records
 
 
-def host_settings(comparison: str, system: str, args, model: Path, rank: int, selora_bytes: int) -> dict:
+def host_settings(comparison: str, system: str, args, model: Path, rank: int, selora_bytes: int | None) -> dict:
+    """The host cache of `system`: selora-serve's tier holds every adapter (its bytes, measured
+    after the preload, set plain vLLM's budget in comparison (a))."""
     if system == "selora":
-        return {"host_cache_bytes": selora_bytes}
+        return {"host_cache_bytes": 64 << 30}
+    if selora_bytes is None:
+        raise SystemExit(f"{comparison}: run selora first (its host bytes set plain vLLM's budget)")
     if comparison == "resident":
         return {"max_cpu_loras": args.adapters}
     return {"max_cpu_loras": max(args.slots, selora_bytes // dense_bytes(model, rank))}
@@ -365,13 +369,7 @@ def main(argv=None) -> None:
             todo = [p for p in POPULARITIES if (comparison, p, system, args.round) not in done]
             if not todo:
                 continue
-            if system == "selora":
-                # every adapter fits: the bound is what they hold, measured after the preload
-                host = {"host_cache_bytes": 64 << 30}
-            else:
-                if selora_bytes is None:
-                    raise SystemExit(f"{comparison}: run selora first (its host bytes set plain vLLM's budget)")
-                host = host_settings(comparison, system, args, model, rank, selora_bytes)
+            host = host_settings(comparison, system, args, model, rank, selora_bytes)
             records = run_system(comparison, system, model, store, dense, rank, host, args, todo)
             if system == "selora" and records:
                 selora_bytes = int(records[0]["host_resident_bytes_after_preload"])

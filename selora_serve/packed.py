@@ -20,8 +20,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Mapping
+from typing import Callable, Mapping
 
+import numpy as np
 import torch
 
 from .adapter import BaseModelInfo, SpectralAdapter
@@ -92,86 +93,57 @@ def _arena(sizes: list[int]) -> list[torch.Tensor]:
     return [arena[offset:offset + size] for offset, size in zip(offsets, sizes)]
 
 
-def _into(view: torch.Tensor, source: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """The tensors `source` stacked into the bytes `view`, as `dtype` rows."""
-    out = view.view(dtype).view(len(source), -1)
-    if source[0].dtype == dtype:
-        torch.stack(source, out=out)
-    else:  # float16 scales, held as float32
-        out.copy_(torch.stack(source))
-    return out
-
-
-def pack_stored(config: SeLoRAConfig, base: BaseModelInfo, modules: dict[str, tuple[int, int]],
-                tensors: dict[str, torch.Tensor], bits: int = FLOAT_BITS, group_size: int = 1) -> PackedAdapter:
-    """From a checkpoint's stored tensors ("{module}.coef_a", ".coef_b", their ".scale" when
-    quantised, ".magnitude"), already validated against the manifest; every stack in one
-    anonymous mapping (`_arena`), scales as float32."""
-    shared_modules, groups = _structure(config, tuple(modules.items()))
-    plan = []  # (layout, members, value tensors, scale tensors or None)
-    for layout, members in groups:
-        keys = [f"{name}.coef_{'ab'[which]}" for name, which in members]
-        scales = None if bits == FLOAT_BITS else [tensors[f"{key}.scale"] for key in keys]
-        plan.append((layout, members, [tensors[key] for key in keys], scales))
-    sizes = []
-    for _, _, values, scales in plan:
-        sizes.append(len(values) * values[0].numel() * values[0].element_size())
-        if scales is not None:
-            sizes.append(len(scales) * scales[0].numel() * 4)
-    views = iter(_arena(sizes))
-    stacks = []
-    for layout, members, values, scales in plan:
-        stacked = _into(next(views), values, values[0].dtype)
-        scale_stack = None if scales is None else _into(next(views), scales, torch.float32)
-        stacks.append(LayoutStack(layout, members, stacked, scale_stack))
-    magnitudes = {name: tensors[f"{name}.magnitude"] for name in modules if f"{name}.magnitude" in tensors}
-    return PackedAdapter(config, base, shared_modules, stacks, bits, group_size, magnitudes)
-
-
-def pack_bytes(config: SeLoRAConfig, base: BaseModelInfo, modules: dict[str, tuple[int, int]], data: bytes,
-               bits: int = FLOAT_BITS, group_size: int = 1) -> PackedAdapter:
-    """`pack_stored` straight from a coefficient file's safetensors bytes (its structure already
-    checked against the manifest): each stored tensor's bytes are copied into its row of the
-    adapter's mapping, without a tensor object per stored tensor (600 of them for SmolLM2)."""
-    import numpy as np
-
-    from .checkpoint.safetensors_bytes import _SAFETENSORS  # checkpoint/ imports this module
-
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(bytes(data[8:8 + n]))
-    raw = np.frombuffer(data, dtype=np.uint8, offset=8 + n)
-    dtypes = {code: getattr(torch, name) for code, (_, name) in _SAFETENSORS.items()}
-
-    def span(key: str) -> np.ndarray:
-        start, end = header[key]["data_offsets"]
-        return raw[start:end]
-
+def _build(config: SeLoRAConfig, base: BaseModelInfo, modules: dict[str, tuple[int, int]],
+           stored: Callable[[str], np.ndarray], dtypes: Callable[[str], torch.dtype], bits: int, group_size: int,
+           magnitudes: dict[str, torch.Tensor]) -> PackedAdapter:
+    """The PackedAdapter of stored tensors given as raw bytes: `stored(key)` the uint8 bytes of
+    "{module}.coef_a" / ".coef_b" (and their ".scale", float16, when quantised), `dtypes(key)` the
+    values' dtype. Every stack in one anonymous mapping (`_arena`), scales as float32; the bytes
+    are copied row by row, without a tensor object per stored tensor (600 for SmolLM2)."""
     shared_modules, groups = _structure(config, tuple(modules.items()))
     keys = [[f"{name}.coef_{'ab'[which]}" for name, which in members] for _, members in groups]
     sizes = []
     for group in keys:
-        sizes.append(len(group) * span(group[0]).nbytes)
+        sizes.append(len(group) * stored(group[0]).nbytes)
         if bits != FLOAT_BITS:
-            sizes.append(len(group) * span(f"{group[0]}.scale").nbytes * 2)  # float16 -> float32
+            sizes.append(len(group) * stored(f"{group[0]}.scale").nbytes * 2)  # float16 -> float32
     views = iter(_arena(sizes))
     stacks = []
     for (layout, members), group in zip(groups, keys):
         values = next(views).view(len(group), -1)
         rows = values.numpy()
         for i, key in enumerate(group):
-            rows[i] = span(key)
-        values = values.view(dtypes[header[group[0]]["dtype"]])
+            rows[i] = stored(key)
         scales = None
         if bits != FLOAT_BITS:
             scales = next(views).view(torch.float32).view(len(group), -1)
             out = scales.numpy()
             for i, key in enumerate(group):
-                out[i] = span(f"{key}.scale").view(np.float16)
-        stacks.append(LayoutStack(layout, members, values, scales))
-    magnitudes = {name: torch.frombuffer(bytearray(span(f"{name}.magnitude")),
-                                         dtype=dtypes[header[f"{name}.magnitude"]["dtype"]])
-                  for name in modules if f"{name}.magnitude" in header}
+                out[i] = stored(f"{key}.scale").view(np.float16)
+        stacks.append(LayoutStack(layout, members, values.view(dtypes(group[0])), scales))
     return PackedAdapter(config, base, shared_modules, stacks, bits, group_size, magnitudes)
+
+
+def pack_bytes(config: SeLoRAConfig, base: BaseModelInfo, modules: dict[str, tuple[int, int]], data: bytes,
+               bits: int = FLOAT_BITS, group_size: int = 1) -> PackedAdapter:
+    """The PackedAdapter of a coefficient file's safetensors bytes `data` (its structure already
+    checked against the manifest), each stored tensor's bytes copied straight into its row."""
+    from .checkpoint.safetensors_bytes import _SAFETENSORS  # checkpoint/ imports this module
+
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(bytes(data[8:8 + n]))
+    raw = np.frombuffer(data, dtype=np.uint8, offset=8 + n)
+
+    def stored(key: str) -> np.ndarray:
+        start, end = header[key]["data_offsets"]
+        return raw[start:end]
+
+    def dtype(key: str) -> torch.dtype:
+        return getattr(torch, _SAFETENSORS[header[key]["dtype"]][1])
+
+    magnitudes = {name: torch.frombuffer(bytearray(stored(f"{name}.magnitude")), dtype=dtype(f"{name}.magnitude"))
+                  for name in modules if f"{name}.magnitude" in header}
+    return _build(config, base, modules, stored, dtype, bits, group_size, magnitudes)
 
 
 def pack(adapter: SpectralAdapter) -> PackedAdapter:
@@ -179,10 +151,11 @@ def pack(adapter: SpectralAdapter) -> PackedAdapter:
     tensors: dict[str, torch.Tensor] = {}
     for name, mod in adapter.modules.items():
         tensors[f"{name}.coef_a"], tensors[f"{name}.coef_b"] = mod.coef_a.detach(), mod.coef_b.detach()
-        if mod.magnitude is not None:
-            tensors[f"{name}.magnitude"] = mod.magnitude.detach()
     modules = {name: (mod.in_features, mod.out_features) for name, mod in adapter.modules.items()}
-    return pack_stored(adapter.config, adapter.base, modules, tensors)
+    magnitudes = {name: mod.magnitude.detach() for name, mod in adapter.modules.items() if mod.magnitude is not None}
+    return _build(adapter.config, adapter.base, modules,
+                  lambda key: tensors[key].contiguous().view(torch.uint8).numpy(),
+                  lambda key: tensors[key].dtype, FLOAT_BITS, 1, magnitudes)
 
 
 def dequantised_rows(stack: LayoutStack, bits: int, group_size: int) -> torch.Tensor:
