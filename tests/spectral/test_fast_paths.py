@@ -153,3 +153,12 @@ def test_benchmark_quick_smoke(tmp_path):
             assert np.isfinite(r[field]) and r[field] > 0
         assert r["device"] == "cpu" and r["coef_bytes"] < r["dense_bytes"]
     assert records[1]["coef_bytes"] < records[0]["coef_bytes"] / 6  # int4 values + scales vs float32
+
+
+def test_benchmark_refuses_bad_bits(capsys):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import decode
+
+    with pytest.raises(SystemExit):
+        decode.main(["--bits", "none,3"])
+    assert "--bits none,3: bits=3: expected 8 or 4" in capsys.readouterr().err
