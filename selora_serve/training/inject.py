@@ -2,7 +2,8 @@
 
     inject(model, spec)            freeze every parameter, replace each target nn.Linear (by the
                                    last component of its name) with an AdaptedLinear holding
-                                   freshly initialised factors; returns {module path: layer}
+                                   freshly initialised factors, spectral ones grouped in one
+                                   FactorBank per layout; returns {module path: layer}
     extract_adapter(model, spec, base) -> SpectralAdapter   (for checkpoint.save_checkpoint)
     extract_dense(model)           -> {module path: (A, B)}  (the LoRA baseline's export)
 
@@ -24,6 +25,7 @@ from torch import nn
 from ..adapter import BaseModelInfo, ModuleCoefficients, SpectralAdapter, init_adapter
 from ..base_model import target_shapes
 from ..spectral.init import kaiming_uniform
+from .bank import build_banks
 from .layers import AdaptedLinear, AdapterSpec, DenseFactor, SpectralFactor
 
 
@@ -52,10 +54,13 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def inject(model: nn.Module, spec: AdapterSpec) -> dict[str, AdaptedLinear]:
+def inject(model: nn.Module, spec: AdapterSpec, *, batched: bool = True) -> dict[str, AdaptedLinear]:
     """Freeze `model` and wrap its target layers; returns the new layers by module path.
 
     Only the factors (coefficients or dense A, B) and, for SeDoRA, the magnitudes are trainable.
+    With `batched` (the default), the spectral factors of each layout are decoded together, once
+    per forward pass (`bank.FactorBank`); `batched=False` keeps one decode per factor (the
+    reference the banks are tested against; same values and gradients).
     """
     for p in model.parameters():
         p.requires_grad_(False)
@@ -83,6 +88,8 @@ def inject(model: nn.Module, spec: AdapterSpec) -> dict[str, AdaptedLinear]:
     for name, layer in layers.items():
         layer.to(linears[name].weight.device)
         _replace(model, name, layer)
+    if batched and not spec.dense:
+        build_banks([f for name in sorted(layers) for f in (layers[name].lora_A, layers[name].lora_B)])
     return layers
 
 

@@ -17,7 +17,9 @@ share every line of the layer and differ only in the factor:
                                  recomputed at every forward so gradients reach only them
                                  (trained in an orthonormal scale: `coefficient_gain`):
                                  `decode.decode` when a gradient is wanted (the serving fast
-                                 path is not differentiable), `materialise` otherwise
+                                 path is not differentiable), `materialise` otherwise; after
+                                 `inject`, through its layout's `bank.FactorBank` (one
+                                 batched decode per forward pass for all factors of a layout)
 
 Factors compute in float32 (the inverse transforms want it) and are cast to the input's dtype.
 This module is pure tensor math: it knows nothing of files, data or the optimiser.
@@ -135,16 +137,23 @@ class SpectralFactor(nn.Module):
         self.layout = layout
         self.gain = coefficient_gain(layout)
         self.theta = nn.Parameter(coef.detach().float().clone() / self.gain)
+        self.bank = None  # a bank.FactorBank decodes this factor with the others of its layout
+        self.index = -1
+
+    def attach(self, bank, index: int) -> None:
+        """Decode through `bank` (row `index`) when a gradient is wanted."""
+        self.bank, self.index = bank, index
 
     def coefficients(self) -> torch.Tensor:
         """The (k,) spectral coefficients, as the checkpoint format stores them."""
         return self.theta * self.gain if self.gain != 1.0 else self.theta
 
     def forward(self) -> torch.Tensor:
-        coef = self.coefficients()
         if torch.is_grad_enabled() and self.theta.requires_grad:
-            return decode(coef, self.layout)  # the fast path is not differentiable
-        return materialise(coef, self.layout)
+            if self.bank is not None:
+                return self.bank.row(self.index)
+            return decode(self.coefficients(), self.layout)  # the fast path is not differentiable
+        return materialise(self.coefficients(), self.layout)
 
     def extra_repr(self) -> str:
         return f"shape={self.layout.shape}, k={self.layout.k}, basis={self.layout.basis.label}, gain={self.gain:g}"
