@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = sizes.methods if args.quick else SPECTRAL
     seeds = 1 if args.quick else args.seeds
     chosen = json.loads(args.lrs.read_text()).get("chosen_lr", {}) if args.lrs.is_file() else {}
+    chosen = chosen.get("addition", chosen)  # per task since quality_real.py has two; addition is this one's
     missing = [m for m in methods if m not in chosen and not args.quick]
     if missing:
         p.error(f"--lrs {args.lrs}: no chosen learning rate for {', '.join(missing)}; run benchmarks/quality_real.py")

@@ -1,29 +1,33 @@
-"""Adapter quality on a real pretrained model: SeLoRA-W (haar, db4), SeLoRA-F and LoRA, same task.
+"""Adapter quality on a real pretrained model: SeLoRA-W (haar, db4), SeLoRA-F and LoRA, two tasks.
 
 The experiment the paper's claim rests on ("SeLoRA-W beats LoRA with 40 % of its parameters"),
-at a size this machine can run:
+at a size this machine can run, with the power to tell +2 points from noise:
 
 - Base: SmolLM2-135M-Instruct (`python -m selora_serve.models smollm2`; hidden 576, 30 layers).
-- Task: three-digit addition, "a+b=" -> "c" + end of turn, a, b uniform in 100..999. The base model
-  scores 0 % on it (it rambles); one epoch over TRAIN examples teaches a LoRA part of it, so methods
-  separate. Generated locally (no data set in the package registries fits: the arithmetic and
-  reasoning sets there need a hub to download). Train, validation and test questions are disjoint.
+- Tasks (`quality_tasks.py`): three-digit addition (1,200 training examples, 150 steps) and JSON
+  extraction of a person's name, age and city with held-out names and cities (400 examples, 50
+  steps). The base model scores 0 % on both.
 - Methods, all on q, k, v, up, down with alpha = 2 r (the paper's r = 32, alpha = 64), dropout 0.05:
-  selora-w-haar, selora-w-db4, selora-f (eta 0.6, r 32), lora-r32, and lora-matched (the rank whose
-  parameter count is nearest SeLoRA's: 13).
-- Protocol: every method at every learning rate of the sweep on seed 0 (the paper's 2e-4 .. 6e-4,
-  and above it, since short runs and spectral parameterisations may want more); each method's rate
-  is the one with the lowest validation loss; then the other seeds at that rate. Seeds change
-  Omega, the initial values and the data order, not the data. Each run is a fresh process, so its
-  peak memory is its own.
+  selora-w-haar, selora-w-db4, selora-f (eta 0.6, r 32), lora-r32, lora-matched (the rank whose
+  parameter count is nearest SeLoRA's: 13); and SeLoRA-W's eta / rank trade at the same budget
+  (r (1 - eta) = 12.8): selora-w-haar-r16 (eta 0.2) and selora-w-haar-r64 (eta 0.8).
+- Protocol, per task: every method at every rate of the sweep on seed 0 (a x2 ladder around the
+  paper's 2e-4 .. 6e-4); a method whose lowest validation loss sits at the edge of the rates it
+  tried gets the next rung (up to `max_extend` more per side), so every chosen rate is bracketed
+  unless the ladder ran out (said in the table); then seeds 1 .. n-1 at the chosen rate; the
+  budget points at haar's rate. Seeds change Omega, the initial values and the data order, not
+  the data. Each run is a fresh process, so its peak memory is its own.
 - Scores on the test split: exact answers (teacher-forced argmax equals the answer at every answer
-  position, end of turn included: exactly "greedy decoding gives the answer") and the mean loss per
-  answer token. Step time: median wall and CPU seconds per optimiser step, after the first two.
+  position, end of turn included) and the mean loss per answer token; mean and 95 % confidence
+  interval (Student t) over seeds; differences between methods paired by seed (same data order),
+  with their own 95 % CI and a verdict: beats (CI above 0), loses (below), ties (CI spans 0).
+  Step time: median wall and CPU seconds per optimiser step, after the first two.
 
-Prints a table (machine and sizes stated) and, last, one JSON document; `--json PATH` writes it
-atomically after every run (with "complete": false until the end), so an interrupted run keeps
-what it measured. `--plot PATH` draws accuracy against trainable parameters. `--quick` is the
-suite's smoke run (two methods, a few steps). Default run: about 36 minutes on 2 CPU cores.
+Resumable: every finished run is appended to `--results` (JSONL, default next to `--json`); a
+rerun with the same sizes reuses those records and runs only what is missing, so the default run
+(about 2.5 hours on 2 CPU cores) can span sessions. `--json` is rewritten after every run
+("complete": false until the end). `--plot PATH` draws accuracy against trainable parameters.
+`--quick` is the suite's smoke run.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import json
 import multiprocessing
 import os
 import platform
-import random
 import resource
 import statistics
 import sys
@@ -44,22 +47,30 @@ from pathlib import Path
 import torch
 
 try:  # as a module (tests) or as a script
-    from benchmarks.quality import mean_sd
+    from benchmarks import quality_tasks as tasks
+    from benchmarks.quality_stats import compare, summarise
 except ImportError:
-    from quality import mean_sd
+    import quality_tasks as tasks
+    from quality_stats import compare, summarise
 from selora_serve.atomic import write_json
 from selora_serve.config import SeLoRAConfig
 from selora_serve.spectral.omega import num_coefficients
-from selora_serve.training.data import IGNORE_INDEX, Example, collate
+from selora_serve.training.data import Example
 from selora_serve.training.layers import AdapterSpec
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 METHODS = ("selora-w-haar", "selora-w-db4", "selora-f", "lora-r32", "lora-matched")
+# SeLoRA-W at the same trainable budget as r 32, eta 0.6 (r (1 - eta) = 12.8), at haar's rate.
+BUDGET_POINTS = ("selora-w-haar-r16", "selora-w-haar-r64")
+# The rates a sweep may visit: a x2 ladder; the default sweep starts on the middle four.
+LADDER = (5e-5, 1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3, 6.4e-3, 1.28e-2, 2.56e-2)
 
 
 @dataclass(frozen=True)
 class Sizes:
-    train: int = 1200
+    tasks: tuple[str, ...] = tasks.TASKS
+    train: int = 1200  # addition examples (one epoch)
+    extraction_train: int = 400  # extraction examples: ~3x longer sequences, 50 steps
     validation: int = 128
     test: int = 256
     epochs: int = 1
@@ -68,67 +79,26 @@ class Sizes:
     rank: int = 32
     eta: float = 0.6
     dropout: float = 0.05
-    lrs: tuple[float, ...] = (2e-4, 6e-4, 2e-3)
-    seeds: int = 3
+    lrs: tuple[float, ...] = (4e-4, 8e-4, 1.6e-3, 3.2e-3)
+    max_extend: int = 2  # extra ladder rungs per side when a method's best rate is at an edge
+    seeds: int = 5
     methods: tuple[str, ...] = METHODS
+    budget_points: tuple[str, ...] = BUDGET_POINTS
     digits: int = 3  # of each addend
 
+    def train_examples(self, task: str) -> int:
+        return self.extraction_train if task == "extraction" else self.train
 
-QUICK = Sizes(train=24, validation=8, test=8, batch=4, warmup=1, lrs=(6e-4,), seeds=1,
-              methods=("selora-w-haar", "lora-r32"))
-
-
-# --- the task ------------------------------------------------------------------------------------
-
-def addition_split(sizes: Sizes, data_seed: int = 1234) -> dict[str, list[tuple[str, str]]]:
-    """{"train", "validation", "test"}: disjoint lists of ("a+b=", "c"), a and b of `sizes.digits`
-    digits (100..999 for 3)."""
-    rng = random.Random(data_seed)
-    low, high = 10 ** (sizes.digits - 1), 10 ** sizes.digits - 1
-    seen: set[tuple[int, int]] = set()
-    pairs = []
-    need = sizes.train + sizes.validation + sizes.test
-    while len(pairs) < need:
-        a, b = rng.randint(low, high), rng.randint(low, high)
-        if (a, b) not in seen:
-            seen.add((a, b))
-            pairs.append((f"{a}+{b}=", str(a + b)))
-    return {"train": pairs[: sizes.train], "validation": pairs[sizes.train : sizes.train + sizes.validation],
-            "test": pairs[sizes.train + sizes.validation :]}
+    def key(self) -> str:
+        """What a stored record must share with this run to be reused (not seeds, rates, methods)."""
+        d = asdict(self)
+        for free in ("tasks", "lrs", "max_extend", "seeds", "methods", "budget_points"):
+            d.pop(free)
+        return json.dumps(d, sort_keys=True)
 
 
-def encode(pairs: list[tuple[str, str]], tokenizer, split: str) -> list[Example]:
-    """Prompt tokens (no loss) + answer tokens + end of turn (the loss)."""
-    eos = tokenizer.eos_token_id
-    out = []
-    for i, (question, answer) in enumerate(pairs):
-        prompt = tokenizer(question, add_special_tokens=False)["input_ids"]
-        response = tokenizer(answer, add_special_tokens=False)["input_ids"] + [eos]
-        out.append(Example(tuple(prompt + response), (IGNORE_INDEX,) * len(prompt) + tuple(response), f"{split}:{i}"))
-    return out
-
-
-@torch.no_grad()
-def evaluate(model, examples: list[Example], pad_id: int, batch: int = 64) -> tuple[float, float]:
-    """(mean loss per answer token, exact-answer rate), teacher-forced."""
-    from selora_serve.training.trainer import _split_head
-
-    model.eval()
-    body, head = _split_head(model)
-    device = head.weight.device
-    loss_sum, tokens, exact = 0.0, 0, 0
-    for i in range(0, len(examples), batch):
-        b = {k: v.to(device) for k, v in collate(examples[i : i + batch], pad_id).items()}
-        hidden = body(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)[0][:, :-1]
-        labels = b["labels"][:, 1:]
-        keep = labels != IGNORE_INDEX
-        logits = head(hidden[keep]).float()
-        loss_sum += torch.nn.functional.cross_entropy(logits, labels[keep], reduction="sum").item()
-        tokens += int(keep.sum())
-        correct = torch.ones_like(labels, dtype=torch.bool)
-        correct[keep] = logits.argmax(-1) == labels[keep]
-        exact += int(correct.all(dim=1).sum())
-    return loss_sum / tokens, exact / len(examples)
+QUICK = Sizes(train=24, extraction_train=24, validation=8, test=8, batch=4, warmup=1, lrs=(6e-4,), max_extend=0,
+              seeds=1, methods=("selora-w-haar", "lora-r32"), budget_points=())
 
 
 # --- methods -------------------------------------------------------------------------------------
@@ -141,11 +111,23 @@ def matched_rank(sizes: Sizes, shapes: list[tuple[int, int]]) -> int:
     return min(range(1, sizes.rank + 1), key=lambda q: abs(q * per_rank - selora))
 
 
+def rank_eta(method: str, sizes: Sizes) -> tuple[int, float]:
+    """(r, eta) of a method; a budget point "...-r<R>" keeps r (1 - eta) at the default's."""
+    head, _, tail = method.rpartition("-r")
+    if head.startswith("selora") and tail.isdigit():
+        r = int(tail)
+        return r, round(1.0 - sizes.rank * (1.0 - sizes.eta) / r, 6)
+    return sizes.rank, sizes.eta
+
+
 def spec_for(method: str, sizes: Sizes, shapes: list[tuple[int, int]], seed: int) -> AdapterSpec:
-    r = matched_rank(sizes, shapes) if method == "lora-matched" else sizes.rank
+    r, eta = rank_eta(method, sizes)
+    if method == "lora-matched":
+        r = matched_rank(sizes, shapes)
+    base = method.rpartition("-r")[0] if method.startswith("selora") and method.rpartition("-r")[2].isdigit() else method
     kind = {"selora-w-haar": dict(basis="wavelet", wavelet="haar"), "selora-w-db4": dict(basis="wavelet", wavelet="db4"),
-            "selora-f": dict(basis="fourier")}.get(method, {})
-    config = SeLoRAConfig(r=r, alpha=2.0 * r, eta=sizes.eta, seed=seed, target_modules=TARGETS, **kind)
+            "selora-f": dict(basis="fourier")}.get(base, {})
+    config = SeLoRAConfig(r=r, alpha=2.0 * r, eta=eta, seed=seed, target_modules=TARGETS, **kind)
     return AdapterSpec(config, dense=method.startswith("lora"), dropout=sizes.dropout)
 
 
@@ -179,7 +161,7 @@ def quantised_scores(model, examples: list[Example], pad_id: int, bits: tuple[in
                     coef = f.coefficients().detach()
                     deq = dequantize(*quantize(coef, spec), coef.numel(), spec)
                     f.theta.copy_((deq / f.gain).to(f.theta))
-            loss, acc = evaluate(model, examples, pad_id)
+            loss, acc = tasks.evaluate(model, examples, pad_id)
             out[b] = {"heldout_accuracy": acc, "heldout_loss": loss}
     finally:
         with torch.no_grad():
@@ -188,10 +170,26 @@ def quantised_scores(model, examples: list[Example], pad_id: int, bits: tuple[in
     return out
 
 
+def update_shape(model) -> dict:
+    """Diagnostics of the trained update dW = scaling B A, means over the adapted modules: its
+    Frobenius norm per entry (rms) and its largest entry over that rms (peakiness: how much of
+    the update sits in a few weights, which an orthonormal basis leaves to the optimiser)."""
+    from selora_serve.training.inject import adapted_layers
+
+    rms, peak = [], []
+    with torch.no_grad():
+        for layer in adapted_layers(model).values():
+            dw = layer.delta_weight()
+            r = dw.pow(2).mean().sqrt().item()
+            rms.append(r)
+            peak.append(dw.abs().max().item() / r if r > 0 else 0.0)
+    return {"update_rms": statistics.mean(rms), "update_peak_over_rms": statistics.mean(peak)}
+
+
 def run_one(model_dir: str, sizes: Sizes, method: str, seed: int, lr: float, device: str, threads: int,
-            quant_bits: tuple[int, ...] = ()) -> dict:
-    """Train one adapter and score it; returns its record (with `quantised` scores per bits of
-    `quant_bits`, for spectral methods)."""
+            quant_bits: tuple[int, ...] = (), task: str = "addition") -> dict:
+    """Train one adapter on `task` and score it; returns its record (with `quantised` scores per
+    bits of `quant_bits`, for spectral methods)."""
     from selora_serve.training.data import pad_token_id
     from selora_serve.training.inject import inject, trainable_parameters
     from selora_serve.training.job import load_model, load_tokenizer
@@ -203,27 +201,30 @@ def run_one(model_dir: str, sizes: Sizes, method: str, seed: int, lr: float, dev
     rss_loaded = _rss_kib()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    data = {k: encode(v, tokenizer, k) for k, v in addition_split(sizes).items()}
+    parts = tasks.split(task, sizes.train_examples(task), sizes.validation, sizes.test, sizes.digits)
+    data = {k: tasks.encode(v, tokenizer, k) for k, v in parts.items()}
     pad = pad_token_id(tokenizer)
     spec = spec_for(method, sizes, target_shapes_of(model), seed)
     inject(model, spec)
     params = sum(p.numel() for p in trainable_parameters(model).values())
     config = TrainConfig(epochs=sizes.epochs, lr=lr, batch_size=sizes.batch, warmup=float(sizes.warmup), seed=seed,
-                         max_len=64)
+                         max_len=96)
     result = fit(model, data["train"], config, pad_id=pad, progress=False)
-    val_loss, val_acc = evaluate(model, data["validation"], pad)
-    test_loss, test_acc = evaluate(model, data["test"], pad)
+    val_loss, val_acc = tasks.evaluate(model, data["validation"], pad)
+    test_loss, test_acc = tasks.evaluate(model, data["test"], pad)
     quantised = quantised_scores(model, data["test"], pad, quant_bits) if quant_bits and not spec.dense else {}
     timed = result.step_seconds[2:] or result.step_seconds
     timed_cpu = result.step_cpu_seconds[2:] or result.step_cpu_seconds
     peak = (torch.cuda.max_memory_allocated() // 1024 if device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     return {
-        "method": method, "seed": seed, "lr": lr, "rank": spec.config.r, "trainable_params": params,
+        "task": task, "method": method, "seed": seed, "lr": lr, "rank": spec.config.r,
+        "eta": None if spec.dense else spec.config.eta, "trainable_params": params,
         "heldout_accuracy": test_acc, "heldout_loss": test_loss,
         "validation_accuracy": val_acc, "validation_loss": val_loss,
         "s_per_step": statistics.median(timed), "cpu_s_per_step": statistics.median(timed_cpu),
         "steps": result.steps, "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1],
+        **update_shape(model),
         "peak_memory_mib": peak / 1024, "peak_memory_over_model_mib": (peak - (0 if device.startswith("cuda") else rss_loaded)) / 1024,
         "peak_memory_kind": "cuda max_memory_allocated" if device.startswith("cuda") else "process peak RSS",
         **({"quantised": quantised} if quantised else {}),
@@ -231,118 +232,182 @@ def run_one(model_dir: str, sizes: Sizes, method: str, seed: int, lr: float, dev
 
 
 def _in_child(args: tuple) -> dict:
-    return run_one(*args)
+    model_dir, sizes, method, seed, lr, device, threads, task = args
+    return run_one(model_dir, sizes, method, seed, lr, device, threads, task=task)
 
 
 def base_scores(model_dir: str, sizes: Sizes, device: str, threads: int) -> dict:
+    """The base model's test scores per task, and its size."""
     from selora_serve.training.data import pad_token_id
     from selora_serve.training.job import load_model, load_tokenizer
 
     torch.set_num_threads(threads)
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, device=device)
-    test = encode(addition_split(sizes)["test"], tokenizer, "test")
-    loss, acc = evaluate(model, test, pad_token_id(tokenizer))
-    return {"heldout_accuracy": acc, "heldout_loss": loss, "parameters": sum(p.numel() for p in model.parameters()),
+    scores = {}
+    for task in sizes.tasks:
+        test = tasks.encode(tasks.split(task, sizes.train_examples(task), sizes.validation, sizes.test, sizes.digits)["test"],
+                            tokenizer, "test")
+        loss, acc = tasks.evaluate(model, test, pad_token_id(tokenizer))
+        scores[task] = {"heldout_accuracy": acc, "heldout_loss": loss}
+    return {"scores": scores, "parameters": sum(p.numel() for p in model.parameters()),
             "hidden": model.config.hidden_size, "layers": model.config.num_hidden_layers}
 
 
 # --- the sweep -----------------------------------------------------------------------------------
 
-def chosen_lrs(runs: list[dict]) -> dict[str, float]:
+def chosen_lrs(runs: list[dict], task: str | None = None) -> dict[str, float]:
     """Each method's learning rate: the sweep run (seed 0) with the lowest validation loss."""
     best: dict[str, dict] = {}
     for r in runs:
-        if r["phase"] == "sweep" and (r["method"] not in best or r["validation_loss"] < best[r["method"]]["validation_loss"]):
+        if r["phase"] == "sweep" and (task is None or r.get("task", "addition") == task) and (
+                r["method"] not in best or r["validation_loss"] < best[r["method"]]["validation_loss"]):
             best[r["method"]] = r
     return {m: r["lr"] for m, r in best.items()}
 
 
-def summarise(runs: list[dict], lrs: dict[str, float]) -> list[dict]:
-    """Per method, over its seeds at its chosen learning rate: mean and sd of the scores."""
-    lora = [r for r in runs if r["method"] == "lora-r32" and r["lr"] == lrs.get("lora-r32")]
-    lora_step = statistics.median(r["s_per_step"] for r in lora) if lora else None
+def next_rung(tried: list[float], best: float, max_extend: int, initial: tuple[float, ...]) -> float | None:
+    """The ladder rate to try next when `best` is the lowest or highest rate tried (None: the
+    optimum is bracketed, the ladder ended, or `max_extend` rungs were added on that side)."""
+    ladder = sorted(set(LADDER) | set(initial))
+    low, high = min(tried), max(tried)
+    if best == high and sum(1 for t in tried if t > max(initial)) < max_extend:
+        above = [r for r in ladder if r > high]
+        return above[0] if above else None
+    if best == low and sum(1 for t in tried if t < min(initial)) < max_extend:
+        below = [r for r in ladder if r < low]
+        return below[-1] if below else None
+    return None
+
+
+def load_records(path: Path | None, key: str) -> list[dict]:
+    """The stored runs of an earlier (possibly interrupted) run with the same sizes."""
+    if path is None or not path.is_file():
+        return []
     out = []
-    for method, lr in lrs.items():
-        rs = [r for r in runs if r["method"] == method and r["lr"] == lr]
-        acc, acc_sd = mean_sd([r["heldout_accuracy"] for r in rs])
-        loss, loss_sd = mean_sd([r["heldout_loss"] for r in rs])
-        step = statistics.median(r["s_per_step"] for r in rs)
-        out.append({
-            "method": method, "lr": lr, "seeds": len(rs), "trainable_params": rs[0]["trainable_params"],
-            "heldout_accuracy_mean": acc, "heldout_accuracy_sd": acc_sd,
-            "heldout_loss_mean": loss, "heldout_loss_sd": loss_sd,
-            "s_per_step": step, "step_vs_lora_r32": step / lora_step if lora_step else None,
-            "peak_memory_mib": max(r["peak_memory_mib"] for r in rs),
-        })
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by an interruption
+            continue
+        if record.get("sizes_key") == key:
+            out.append(record)
     return out
 
 
-def run(model_dir: str, sizes: Sizes, device: str, threads: int, json_path: str | None, progress: bool) -> dict:
+def run(model_dir: str, sizes: Sizes, device: str, threads: int, json_path: str | None, progress: bool,
+        results_path: str | None = None) -> dict:
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")
+    results = Path(results_path) if results_path else None
+    key = sizes.key()
+    stored = load_records(results, key)
     report = {
         "benchmark": "quality-real", "complete": False,
         "hardware": {"cpu": platform.processor() or platform.machine(), "device": device, "torch_threads": threads,
                      "torch": torch.__version__, "python": platform.python_version()},
         "model": {"dir": model_dir}, "sizes": asdict(sizes),
-        "task": f"{sizes.digits}-digit addition 'a+b=' -> 'c'; disjoint train/validation/test",
+        "tasks": {"addition": f"{sizes.digits}-digit addition 'a+b=' -> 'c'",
+                  "extraction": "sentence -> JSON name/age/city, held-out names and cities"},
+        "results_file": str(results) if results else None,
         "runs": [],
     }
 
-    def one(method: str, seed: int, lr: float, phase: str) -> None:
-        with context.Pool(1, maxtasksperchild=1) as pool:  # a fresh process: its peak memory is its own
-            record = pool.apply(_in_child, ((model_dir, sizes, method, seed, lr, device, threads),))
-        record["phase"] = phase
-        report["runs"].append(record)
-        if progress:
-            print(f"  {phase:<5} {method:<14} seed {seed} lr {lr:g}: test acc {record['heldout_accuracy']:.3f} "
-                  f"loss {record['heldout_loss']:.3f} (val {record['validation_loss']:.3f}), "
-                  f"{record['s_per_step']:.2f} s/step  [{time.perf_counter() - started:.0f} s]", file=sys.stderr)
+    def save() -> None:
         report["seconds"] = time.perf_counter() - started
+        report["chosen_lr"] = {t: chosen_lrs(report["runs"], t) for t in sizes.tasks}
+        report["summary"] = [row for t in sizes.tasks for row in summarise(report["runs"], t, report["chosen_lr"][t])]
+        report["comparisons"] = [row for t in sizes.tasks for row in compare(report["runs"], t, report["chosen_lr"][t])]
         if json_path:
             write_json(json_path, report)
 
+    def one(task: str, method: str, seed: int, lr: float, phase: str) -> None:
+        done = next((r for r in stored if (r["task"], r["method"], r["seed"], r["lr"]) == (task, method, seed, lr)), None)
+        if done is None:
+            with context.Pool(1, maxtasksperchild=1) as pool:  # a fresh process: its peak memory is its own
+                done = pool.apply(_in_child, ((model_dir, sizes, method, seed, lr, device, threads, task),))
+            done.update(phase=phase, sizes_key=key)
+            if results:
+                results.parent.mkdir(parents=True, exist_ok=True)
+                with results.open("a") as fh:
+                    fh.write(json.dumps(done) + "\n")
+            if progress:
+                print(f"  {task:<10} {phase:<6} {method:<18} seed {seed} lr {lr:g}: test acc "
+                      f"{done['heldout_accuracy']:.3f} loss {done['heldout_loss']:.3f} (val {done['validation_loss']:.3f}), "
+                      f"{done['s_per_step']:.2f} s/step  [{time.perf_counter() - started:.0f} s]", file=sys.stderr)
+        report["runs"].append(done)
+        save()
+
     with context.Pool(1, maxtasksperchild=1) as pool:
-        report["base"] = pool.apply(base_scores, (model_dir, sizes, device, threads))
-    report["model"].update({k: report["base"].pop(k) for k in ("parameters", "hidden", "layers")})
-    for lr in sizes.lrs:  # methods interleaved within each rate, so drifts in machine load hit all alike
-        for method in sizes.methods:
-            one(method, 0, lr, "sweep")
-    lrs = chosen_lrs(report["runs"])
-    for seed in range(1, sizes.seeds):
-        for method in sizes.methods:
-            one(method, seed, lrs[method], "seed")
-    report["chosen_lr"] = lrs
-    report["summary"] = summarise(report["runs"], lrs)
+        base = pool.apply(base_scores, (model_dir, sizes, device, threads))
+    report["base"] = base.pop("scores")
+    report["model"].update(base)
+    for task in sizes.tasks:
+        for lr in sizes.lrs:  # methods interleaved within each rate, so drifts in machine load hit all alike
+            for method in sizes.methods:
+                one(task, method, 0, lr, "sweep")
+        while True:  # extend each method's sweep until its best rate is inside the rates it tried
+            extra = []
+            for method, best in chosen_lrs(report["runs"], task).items():
+                tried = sorted({r["lr"] for r in report["runs"]
+                                if (r["task"], r["method"], r["phase"]) == (task, method, "sweep")})
+                rung = next_rung(tried, best, sizes.max_extend, sizes.lrs)
+                if rung is not None:
+                    extra.append((method, rung))
+            if not extra:
+                break
+            for method, rung in extra:
+                one(task, method, 0, rung, "sweep")
+        lrs = chosen_lrs(report["runs"], task)
+        for seed in range(1, sizes.seeds):
+            for method in sizes.methods:
+                one(task, method, seed, lrs[method], "seed")
+        if "selora-w-haar" in lrs:
+            for seed in range(sizes.seeds):
+                for point in sizes.budget_points:
+                    one(task, point, seed, lrs["selora-w-haar"], "budget")
     report["complete"] = True
-    report["seconds"] = time.perf_counter() - started
+    save()
     return report
 
 
+def _half(value: float | None) -> str:
+    return "  -  " if value is None else f"{value:.3f}"
+
+
 def print_table(report: dict) -> None:
-    hw, s, base = report["hardware"], report["sizes"], report["base"]
+    hw, s = report["hardware"], report["sizes"]
     print(f"hardware: {hw['cpu']}, device {hw['device']}, {hw['torch_threads']} torch threads, torch {hw['torch']}, float32")
     print(f"base: {report['model']['dir']} ({report['model']['parameters']:,} parameters, hidden {report['model']['hidden']}, "
-          f"{report['model']['layers']} layers): test accuracy {base['heldout_accuracy']:.3f}, loss {base['heldout_loss']:.3f}")
-    print(f"task: {report['task']}; {s['train']} train / {s['validation']} validation / {s['test']} test; {s['epochs']} epoch, "
-          f"batch {s['batch']}, AdamW + cosine, warm-up {s['warmup']} steps; lr sweep {s['lrs']} on seed 0, "
-          f"{s['seeds']} seeds at each method's best validation loss")
-    header = f"{'method':<14} {'params':>10} {'lr':>7} {'test accuracy':>15} {'test loss':>15} {'s/step':>7} {'vs LoRA':>8} {'peak MiB':>9}"
-    print(header)
-    print("-" * len(header))
-    for row in report["summary"]:
-        ratio = f"{row['step_vs_lora_r32']:.2f}x" if row["step_vs_lora_r32"] else "-"
-        print(f"{row['method']:<14} {row['trainable_params']:>10,} {row['lr']:>7g} "
-              f"{row['heldout_accuracy_mean']:>7.3f} ± {row['heldout_accuracy_sd']:.3f} "
-              f"{row['heldout_loss_mean']:>7.3f} ± {row['heldout_loss_sd']:.3f} {row['s_per_step']:>7.2f} {ratio:>8} "
-              f"{row['peak_memory_mib']:>9.0f}")
-    print("sweep (seed 0), test accuracy / validation loss by lr:")
-    for method in s["methods"]:
-        cells = [f"{r['lr']:g}: {r['heldout_accuracy']:.3f} / {r['validation_loss']:.3f}"
-                 for r in report["runs"] if r["method"] == method and r["phase"] == "sweep"]
-        print(f"  {method:<14} " + "   ".join(cells))
-    print(f"(mean ± sd over seeds; total {report['seconds']:.0f} s)")
+          f"{report['model']['layers']} layers)")
+    print(f"{s['epochs']} epoch, batch {s['batch']}, AdamW + cosine, warm-up {s['warmup']} steps; sweep from {s['lrs']} on "
+          f"seed 0 (x2 ladder, up to {s['max_extend']} more per side), {s['seeds']} seeds at each method's best "
+          f"validation loss; mean ± 95 % CI over seeds")
+    header = (f"{'method':<18} {'params':>10} {'lr':>8} {'test accuracy':>16} {'test loss':>16} {'s/step':>7} "
+              f"{'vs LoRA':>8} {'peak/rms':>8}")
+    for task in s["tasks"]:
+        base = report["base"][task]
+        print(f"\n{task}: {report['tasks'][task]}; {s['extraction_train'] if task == 'extraction' else s['train']} train / "
+              f"{s['validation']} validation / {s['test']} test; base model {base['heldout_accuracy']:.3f}")
+        print(header)
+        print("-" * len(header))
+        for row in (r for r in report["summary"] if r["task"] == task):
+            ratio = f"{row['step_vs_lora_r32']:.2f}x" if row["step_vs_lora_r32"] else "-"
+            edge = "" if row["bracketed"] or row["method"] in s["budget_points"] else " (edge)"
+            print(f"{row['method']:<18} {row['trainable_params']:>10,} {row['lr']:>8g} "
+                  f"{row['heldout_accuracy_mean']:>7.3f} ± {_half(row['heldout_accuracy_ci95'])} "
+                  f"{row['heldout_loss_mean']:>7.3f} ± {_half(row['heldout_loss_ci95'])} {row['s_per_step']:>7.2f} {ratio:>8} "
+                  f"{row['update_peak_over_rms']:>8.1f}{edge}  (n={row['seeds']})")
+        for c in (c for c in report["comparisons"] if c["task"] == task):
+            print(f"  {c['method']} - {c['against']}: {c['points']:+.1f} ± {c['ci95']:.1f} points (paired, n={c['seeds']}): "
+                  f"{c['verdict']}")
+        print("  sweep (seed 0), test accuracy / validation loss by lr:")
+        for method in s["methods"]:
+            cells = [f"{r['lr']:g}: {r['heldout_accuracy']:.3f} / {r['validation_loss']:.3f}"
+                     for r in sorted(report["runs"], key=lambda r: r["lr"])
+                     if r["task"] == task and r["method"] == method and r["phase"] == "sweep"]
+            print(f"    {method:<16} " + "   ".join(cells))
+    print(f"(total {report['seconds']:.0f} s this process)")
 
 
 def plot(report: dict, path: str) -> None:
@@ -351,15 +416,18 @@ def plot(report: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for row in report["summary"]:
-        ax.errorbar(row["trainable_params"] / 1e6, row["heldout_accuracy_mean"], yerr=row["heldout_accuracy_sd"],
-                    fmt="o", capsize=3, label=f"{row['method']} (lr {row['lr']:g})")
-    ax.axhline(report["base"]["heldout_accuracy"], color="grey", ls=":", label="base model")
-    ax.set_xlabel("trainable parameters (M)")
-    ax.set_ylabel("test accuracy (exact answer)")
-    ax.set_title("SmolLM2-135M, 3-digit addition, mean ± sd over seeds")
-    ax.legend(fontsize=7)
+    task_names = report["sizes"]["tasks"]
+    fig, axes = plt.subplots(1, len(task_names), figsize=(6 * len(task_names), 4), squeeze=False)
+    for ax, task in zip(axes[0], task_names):
+        for row in (r for r in report["summary"] if r["task"] == task):
+            half = row["heldout_accuracy_ci95"] or 0.0
+            ax.errorbar(row["trainable_params"] / 1e6, row["heldout_accuracy_mean"], yerr=half, fmt="o", capsize=3,
+                        label=f"{row['method']} (lr {row['lr']:g}, n={row['seeds']})")
+        ax.axhline(report["base"][task]["heldout_accuracy"], color="grey", ls=":", label="base model")
+        ax.set_xlabel("trainable parameters (M)")
+        ax.set_ylabel("test accuracy (exact answer)")
+        ax.set_title(f"SmolLM2-135M, {task}: mean ± 95 % CI over seeds")
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -374,21 +442,28 @@ def default_model_dir() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Adapter quality on SmolLM2-135M-Instruct: SeLoRA-W (haar, db4), SeLoRA-F, LoRA r=32 and LoRA "
-        "at SeLoRA's parameter count, on three-digit addition, with a learning-rate sweep and seeds. Prints a "
-        "table and, last, one JSON line. About 90 minutes on 2 CPU cores.",
+        "at SeLoRA's parameter count, on addition and JSON extraction, with a bracketing learning-rate sweep, "
+        "5 seeds, 95 %% confidence intervals and SeLoRA-W's eta/rank trade at a fixed budget. Prints a table and, "
+        "last, one JSON line. Resumable (--results). About 2.5 hours on 2 CPU cores.",
     )
     parser.add_argument("--model-dir", metavar="DIR", default=None,
                         help="the base model directory (default: SmolLM2-135M-Instruct exported to "
                         "~/.cache/selora-serve/models/smollm2 by `python -m selora_serve.models`)")
     parser.add_argument("--quick", action="store_true", help="smoke run for the test suite (2 methods, a few steps)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3)")
-    parser.add_argument("--lrs", default=None, help="comma-separated learning rates to sweep (default 2e-4,6e-4,2e-3)")
+    parser.add_argument("--tasks", default=None, help=f"comma-separated subset of {','.join(tasks.TASKS)}")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per method (default 5)")
+    parser.add_argument("--lrs", default=None, help="comma-separated starting rates of the sweep "
+                        "(default 4e-4,8e-4,1.6e-3,3.2e-3; extended along a x2 ladder until bracketed)")
     parser.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
-    parser.add_argument("--train-examples", type=int, default=None, help="training examples (one epoch; default 1200)")
+    parser.add_argument("--no-budget", action="store_true", help="skip SeLoRA-W's eta/rank points at a fixed budget")
+    parser.add_argument("--train-examples", type=int, default=None, help="addition training examples (default 1200)")
     parser.add_argument("--digits", type=int, default=None, help="digits of each addend (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--json", metavar="PATH", default=None, help="write the JSON document here (after every run)")
+    parser.add_argument("--results", metavar="PATH", default=None,
+                        help="JSONL of finished runs, appended to and reused on a rerun (default: --json's path with "
+                        ".jsonl; none without --json)")
     parser.add_argument("--plot", metavar="PATH", default=None, help="write a PNG of accuracy vs parameters here")
     parser.add_argument("--progress", action="store_true", help="a line per run on stderr")
     args = parser.parse_args(argv)
@@ -400,21 +475,29 @@ def main(argv: list[str] | None = None) -> int:
             sizes = replace(sizes, lrs=tuple(float(x) for x in args.lrs.split(",")))
         if args.methods:
             sizes = replace(sizes, methods=tuple(args.methods.split(",")))
+        if args.tasks:
+            sizes = replace(sizes, tasks=tuple(args.tasks.split(",")))
+        if args.no_budget:
+            sizes = replace(sizes, budget_points=())
         if args.train_examples is not None:
             sizes = replace(sizes, train=args.train_examples)
         if args.digits is not None:
             sizes = replace(sizes, digits=args.digits)
     except ValueError as exc:
         parser.error(f"--lrs: expected numbers separated by commas ({exc})")
-    unknown = [m for m in sizes.methods if m not in METHODS]
-    if unknown:
-        parser.error(f"--methods: unknown {', '.join(unknown)}; expected a subset of {', '.join(METHODS)}")
+    for option, given, known in (("--methods", sizes.methods, METHODS), ("--tasks", sizes.tasks, tasks.TASKS)):
+        unknown = [x for x in given if x not in known]
+        if unknown:
+            parser.error(f"{option}: unknown {', '.join(unknown)}; expected a subset of {', '.join(known)}")
     if sizes.seeds < 1 or sizes.train < sizes.batch or not 1 <= sizes.digits <= 6:
         parser.error("--seeds must be >= 1, --train-examples at least one batch, --digits in 1..6")
+    if any(lr <= 0 or lr >= 1 for lr in sizes.lrs):
+        parser.error(f"--lrs: every rate must be in (0, 1), got {sizes.lrs}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here")
+    results = args.results or (str(Path(args.json).with_suffix(".jsonl")) if args.json else None)
     model_dir = args.model_dir or default_model_dir()
-    report = run(model_dir, sizes, args.device, args.threads or os.cpu_count() or 1, args.json, args.progress)
+    report = run(model_dir, sizes, args.device, args.threads or os.cpu_count() or 1, args.json, args.progress, results)
     report["quick"] = args.quick
     print_table(report)
     if args.json:

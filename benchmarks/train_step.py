@@ -32,9 +32,11 @@ import time
 import torch
 
 try:  # as a module (tests) or as a script
-    from benchmarks.quality_real import Sizes, addition_split, default_model_dir, encode, spec_for, target_shapes_of
+    from benchmarks.quality_real import Sizes, default_model_dir, spec_for, target_shapes_of
+    from benchmarks.quality_tasks import addition_split, encode
 except ImportError:
-    from quality_real import Sizes, addition_split, default_model_dir, encode, spec_for, target_shapes_of
+    from quality_real import Sizes, default_model_dir, spec_for, target_shapes_of
+    from quality_tasks import addition_split, encode
 from selora_serve.atomic import write_json
 
 METHODS = ("lora-r32", "selora-w-haar", "selora-w-db4", "selora-f")
@@ -45,7 +47,7 @@ def examples_for(regime: str, tokenizer, count: int):
     """`count` training examples of the regime (see the module docstring)."""
     from selora_serve.prompts import alpaca_prompt
 
-    pairs = addition_split(Sizes(train=count, validation=0, test=0))["train"]
+    pairs = addition_split(count, 0, 0)["train"]
     if regime == "alpaca":
         pairs = [(alpaca_prompt("Add the two numbers and give only the sum.", q.rstrip("=")), a) for q, a in pairs]
     return encode(pairs, tokenizer, "train")

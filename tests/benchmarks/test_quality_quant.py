@@ -43,11 +43,11 @@ def test_quantised_scores_restore_the_trained_coefficients(tiny_model):
         seen.append(torch.cat([f.theta.flatten() for f in factors]).clone())
         return 0.0, 1.0
 
-    original, qr.evaluate = qr.evaluate, fake_evaluate
+    original, qr.tasks.evaluate = qr.tasks.evaluate, fake_evaluate
     try:
         scores = quantised_scores(model, [], 0, (8, 4))
     finally:
-        qr.evaluate = original
+        qr.tasks.evaluate = original
     assert scores == {8: {"heldout_accuracy": 1.0, "heldout_loss": 0.0}, 4: {"heldout_accuracy": 1.0, "heldout_loss": 0.0}}
     trained = torch.cat([t.flatten() for t in before])
     assert not torch.equal(seen[0], trained) and not torch.equal(seen[1], seen[0]), "evaluated quantised, per bits"

@@ -1,5 +1,6 @@
-"""Smoke test of benchmarks/quality_real.py on the real model: the sweep, the chosen learning rate,
-the records the issue names, and the pure pieces (task split, matched rank, lr choice)."""
+"""Smoke test of benchmarks/quality_real.py on the real model: the sweep, the chosen learning rates,
+the records the issue names, resuming; and the pure pieces (task splits, matched rank, budget
+points, lr choice and the ladder, confidence intervals, paired comparisons)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import quality_real as q
+from benchmarks import quality_stats as stats
+from benchmarks import quality_tasks as tasks
 
 pytestmark = pytest.mark.real
 
@@ -20,27 +23,37 @@ RECORD_KEYS = {"method", "seed", "lr", "trainable_params", "heldout_accuracy", "
                "peak_memory_mib", "validation_loss"}
 
 
-def test_quick_run_writes_the_records(real_model, tmp_path):
+def test_quick_run_writes_the_records_and_resumes(real_model, tmp_path):
     out = tmp_path / "quality-real.json"
     env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--model-dir", str(real_model), "--json", str(out),
-                           "--threads", "1"], capture_output=True, text=True, timeout=600, env=env)
+    argv = [sys.executable, str(SCRIPT), "--quick", "--model-dir", str(real_model), "--json", str(out), "--threads", "1"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads(out.read_text())
     assert doc == json.loads(proc.stdout.strip().splitlines()[-1]) and doc["complete"]
-    assert [r["method"] for r in doc["runs"]] == list(q.QUICK.methods)
+    assert [(r["task"], r["method"]) for r in doc["runs"]] == [(t, m) for t in tasks.TASKS for m in q.QUICK.methods]
     for record in doc["runs"]:
         assert RECORD_KEYS <= set(record) and record["phase"] == "sweep" and record["steps"] == 6
         assert 0 <= record["heldout_accuracy"] <= 1 and record["heldout_loss"] > 0 and record["peak_memory_mib"] > 500
+        assert record["update_rms"] > 0 and record["update_peak_over_rms"] > 1
     params = {r["method"]: r["trainable_params"] for r in doc["runs"]}
     assert params == {"selora-w-haar": 2_654_280, "lora-r32": 6_635_520}  # SmolLM2, r 32 on q, k, v, up, down
-    assert doc["base"]["heldout_accuracy"] == 0.0 and doc["chosen_lr"] == {"selora-w-haar": 6e-4, "lora-r32": 6e-4}
-    assert "selora-w-haar" in proc.stdout and "test accuracy" in proc.stdout
+    assert doc["base"] == {t: {"heldout_accuracy": 0.0, "heldout_loss": pytest.approx(doc["base"][t]["heldout_loss"])}
+                           for t in tasks.TASKS}
+    assert doc["chosen_lr"] == {t: {"selora-w-haar": 6e-4, "lora-r32": 6e-4} for t in tasks.TASKS}
+    assert "selora-w-haar" in proc.stdout and "test accuracy" in proc.stdout and "extraction" in proc.stdout
+    # every run was appended to the results file; a rerun reuses them all and trains nothing
+    results = out.with_suffix(".jsonl")
+    assert len(results.read_text().splitlines()) == 4
+    again = subprocess.run(argv + ["--progress"], capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "seed 0 lr" not in again.stderr  # no run line: nothing was trained
+    assert len(results.read_text().splitlines()) == 4
+    assert json.loads(out.read_text())["runs"] == doc["runs"]
 
 
 def test_splits_are_disjoint_and_sized():
-    sizes = q.Sizes(train=300, validation=50, test=60)
-    split = q.addition_split(sizes)
+    split = tasks.addition_split(300, 50, 60)
     assert [len(split[k]) for k in ("train", "validation", "test")] == [300, 50, 60]
     questions = [p for part in split.values() for p, _ in part]
     assert len(set(questions)) == len(questions)
@@ -49,17 +62,64 @@ def test_splits_are_disjoint_and_sized():
         assert 100 <= int(a) <= 999 and int(answer) == int(a) + int(b)
 
 
-def test_matched_rank_and_chosen_lrs():
+def test_extraction_holds_out_names_and_cities():
+    split = tasks.extraction_split(200, 40, 40)
+    seen = {part: {(json.loads(a)["name"], json.loads(a)["city"]) for _, a in rows} for part, rows in split.items()}
+    train_names = {n for n, _ in seen["train"]}
+    train_cities = {c for _, c in seen["train"]}
+    for part in ("validation", "test"):
+        assert not {n for n, _ in seen[part]} & train_names and not {c for _, c in seen[part]} & train_cities
+    assert not {n for n, _ in seen["validation"]} & {n for n, _ in seen["test"]}
+    for prompt, answer in split["test"]:
+        record = json.loads(answer)
+        assert prompt.endswith("\nJSON:") and answer.startswith(" {")
+        assert record["name"] in prompt and record["city"] in prompt and str(record["age"]) in prompt
+    with pytest.raises(ValueError, match="unknown task 'poetry'"):
+        tasks.split("poetry", 1, 1, 1)
+
+
+def test_matched_rank_budget_points_and_chosen_lrs():
     shapes = [(576, 576), (576, 192), (576, 192), (576, 1536), (1536, 576)] * 30  # SmolLM2's targets
-    assert q.matched_rank(q.Sizes(), shapes) == 13
+    sizes = q.Sizes()
+    assert q.matched_rank(sizes, shapes) == 13
+    assert q.rank_eta("selora-w-haar-r16", sizes) == (16, 0.2) and q.rank_eta("selora-w-haar-r64", sizes) == (64, 0.8)
+    assert q.rank_eta("lora-r32", sizes) == (32, 0.6)
+    spec = q.spec_for("selora-w-haar-r64", sizes, shapes, 0)
+    assert (spec.config.r, spec.config.eta, spec.config.alpha, spec.config.wavelet) == (64, 0.8, 128.0, "haar")
     runs = [{"phase": "sweep", "method": "m", "lr": lr, "validation_loss": loss} for lr, loss in
             [(2e-4, 1.0), (6e-4, 0.5), (2e-3, 0.7)]] + [{"phase": "seed", "method": "m", "lr": 2e-3, "validation_loss": 0.1}]
     assert q.chosen_lrs(runs) == {"m": 6e-4}
+    assert q.chosen_lrs([dict(r, task="extraction") for r in runs], "addition") == {}
+
+
+def test_the_ladder_extends_a_sweep_until_bracketed():
+    initial = (4e-4, 8e-4, 1.6e-3, 3.2e-3)
+    assert q.next_rung(list(initial), 8e-4, 2, initial) is None  # inside: bracketed
+    assert q.next_rung(list(initial), 3.2e-3, 2, initial) == 6.4e-3
+    assert q.next_rung(list(initial) + [6.4e-3], 6.4e-3, 2, initial) == 1.28e-2
+    assert q.next_rung(list(initial) + [6.4e-3, 1.28e-2], 1.28e-2, 2, initial) is None  # two rungs: enough
+    assert q.next_rung(list(initial), 4e-4, 2, initial) == 2e-4
+    assert q.next_rung([2.56e-2], 2.56e-2, 2, (2.56e-2,)) is None  # the ladder ends
+    assert q.next_rung(list(initial), 3.2e-3, 0, initial) is None
+
+
+def test_confidence_intervals_and_paired_verdicts():
+    mean, half = stats.ci95([0.30, 0.32, 0.34, 0.36, 0.38])
+    assert mean == pytest.approx(0.34) and half == pytest.approx(2.776 * 0.0316228 / 5 ** 0.5, rel=1e-4)
+    assert stats.ci95([0.5]) == (0.5, None)
+    runs = [{"task": "addition", "method": m, "seed": s, "lr": 1e-3, "heldout_accuracy": acc}
+            for s, (a, b) in enumerate([(0.40, 0.35), (0.42, 0.36), (0.38, 0.34)])
+            for m, acc in (("selora-w-haar", a), ("lora-matched", b))]
+    (row,) = stats.compare(runs, "addition", {"selora-w-haar": 1e-3, "lora-matched": 1e-3})
+    assert (row["method"], row["against"], row["seeds"], row["verdict"]) == ("selora-w-haar", "lora-matched", 3, "beats")
+    assert row["points"] == pytest.approx(5.0)
+    assert stats.verdict(-1.0, 2.0) == "ties" and stats.verdict(-3.0, 2.0) == "loses"
 
 
 def test_bad_options_are_refused(capsys):
     for argv, message in [(["--methods", "lora-r7"], "--methods: unknown lora-r7"),
-                          (["--lrs", "fast"], "--lrs: expected numbers"), (["--seeds", "0"], "--seeds must be >= 1")]:
+                          (["--lrs", "fast"], "--lrs: expected numbers"), (["--seeds", "0"], "--seeds must be >= 1"),
+                          (["--tasks", "poetry"], "unknown poetry"), (["--lrs", "2"], "every rate must be in (0, 1)")]:
         with pytest.raises(SystemExit):
             q.main(argv)
         assert message in capsys.readouterr().err
