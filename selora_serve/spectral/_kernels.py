@@ -175,3 +175,52 @@ def haar(values, scales, bits, group, k, positions, m, n, h, w, rows_from, rows_
                     if n & one:
                         out[o, dst + n - one] = half * (spectrum[ll + pairs] - spectrum[ll + w + pairs]
                                                         + spectrum[hl + pairs] - spectrum[hl + w + pairs])
+
+
+@jit
+def wavelet_adjoint(grad, positions, lo, hi, m, n, h, w, rows_from, rows_to, out, scratch, spectrum, parts):
+    """The transpose of `wavelet` (float rows): out[b - rows_from] = the gradient of row b's k
+    coefficients for the matrix gradient grad[b] (m n,). Pass 2 transposed (every output row's
+    gradient spread back onto the scratch rows it read), pass 1 transposed (each scratch row
+    de-interleaved by parity, then spread onto the spectrum entries it read), then the entries
+    on Omega. Buffers as in `wavelet`. Unsigned indices, for the same reason."""
+    one, two = U(1), U(2)
+    m, n, h, w = U(m), U(n), U(h), U(w)
+    N = two * w
+    taps = U(lo.shape[1])
+    half = (n + one) // two
+    k = U(out.shape[1])
+    for b in range(U(rows_from), U(rows_to)):
+        o = b - U(rows_from)
+        scratch[:] = 0.0
+        for x in range(m):
+            par, q = x & one, x >> one
+            src = x * n
+            for t in range(taps):
+                s0, s1 = (q + t) * n, (h + q + t) * n
+                wl, wh = lo[par, t], hi[par, t]
+                for y in range(n):
+                    g = grad[b, src + y]
+                    scratch[s0 + y] += wl * g
+                    scratch[s1 + y] += wh * g
+        spectrum[:] = 0.0
+        for a in range(two):
+            for i in range(h):
+                row = (a * h + i) * n
+                for q in range(n >> one):
+                    parts[q] = scratch[row + two * q]
+                    parts[half + q] = scratch[row + two * q + one]
+                if n & one:
+                    parts[half - one] = scratch[row + n - one]
+                low = i * N + w * a
+                high = low + h * N
+                for par in range(two):
+                    base, count = par * half, half - (par & n)
+                    for t in range(taps):
+                        wl, wh = lo[par, t], hi[par, t]
+                        for q in range(count):
+                            v = parts[base + q]
+                            spectrum[low + q + t] += wl * v
+                            spectrum[high + q + t] += wh * v
+        for j in range(k):
+            out[o, j] = spectrum[positions[j]]

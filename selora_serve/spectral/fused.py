@@ -1,6 +1,7 @@
 """Fused CPU decode: stored coefficients (float, int8 or packed int4) -> dense matrices.
 
     decode_stacked(values, scales, bits, group_size, layout) -> [(c, m, n) float32, ...]
+    adjoint_stacked(grad (B, m, n), layout) -> (B, k)     the transpose, for training (wavelets)
 
 `values` holds B rows of one layout as stored: float (B, k), int8 (B, k) or packed uint8
 (B, ceil(k/2)) (docs/FORMAT.md section 10: element 2j in the low nibble, two's complement),
@@ -199,6 +200,42 @@ def decode_stacked(
         return decoder.finish(torch.from_numpy(target), scratch, None, torch.float32)
 
     return chunks(gather_chunk)
+
+
+def adjoint_stacked(grad: torch.Tensor, layout: MatrixLayout) -> torch.Tensor:
+    """(B, m, n) float32 matrix gradients of a wavelet layout -> (B, k) coefficient gradients: the
+    transpose of `decode_stacked` on float rows (equal to `spectral.adjoint.adjoint`, tested), in
+    one compiled pass per matrix, split over the threads like the decode."""
+    if layout.basis.name != "wavelet":
+        raise ValueError(f"adjoint_stacked: wavelet layouts only, got {layout.basis.label}")
+    m, n = layout.shape
+    if grad.dim() != 3 or tuple(grad.shape[1:]) != (m, n):
+        raise ValueError(f"expected (B, {m}, {n}) gradients, got {tuple(grad.shape)}")
+    count = grad.shape[0]
+    out = torch.empty(count, layout.k)
+    if count == 0:
+        return out
+    flat = grad.detach().to(torch.float32).contiguous().view(count, m * n).numpy()
+    target = out.numpy()
+    lo, hi = _filters(layout.basis.wavelet)
+    rows, cols = layout.spectral_shape
+    h, w = rows // 2, cols // 2
+    positions = _positions32(layout)
+    kernel = _adjoint_kernel()
+
+    def part(a, b):
+        kernel(flat, positions, lo, hi, m, n, h, w, a, b, target[a:b], np.empty(2 * h * n, np.float32),
+               np.empty(rows * cols, np.float32), np.empty(2 * ((n + 1) // 2), np.float32))
+
+    _split(part, 0, count)
+    return out
+
+
+@lru_cache(maxsize=None)
+def _adjoint_kernel():
+    from . import _kernels as kernels
+
+    return kernels.wavelet_adjoint
 
 
 def prepare(layouts) -> None:

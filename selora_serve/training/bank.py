@@ -5,8 +5,8 @@ matrix shape with its basis, seed and eta: every factor of one layout shares Ome
 factor by factor costs ~300 small scatter + inverse-transform graphs per step, forward and
 backward, a fixed cost that made a short-sequence SeLoRA step ~1.4x LoRA's. A `FactorBank`
 stacks its factors' parameters, decodes the (B, k) stack in one op (`decode_batched`: the
-serving fast path `materialise` forward, `spectral.adjoint` backward, no autograd graph inside)
-and hands each factor its row:
+serving decoders forward, the transposed transform backward, no autograd graph inside) and hands
+each factor its row:
 
     bank = FactorBank(layout, factors)   # sets factor.bank / factor.index on each factor
     factor()                              # -> bank.row(factor.index): (m, n), differentiable
@@ -29,20 +29,29 @@ from typing import Sequence
 
 import torch
 
+from ..spectral import fused
 from ..spectral.adjoint import adjoint
 from ..spectral.materialise import MatrixLayout, materialise
 
 
 class _Decode(torch.autograd.Function):
-    """(B, k) -> (B, m, n): the serving fast path forward, the hand-written adjoint backward."""
+    """(B, k) -> (B, m, n): a fast decode forward, the hand-written adjoint backward. On CPU,
+    wavelets take the compiled kernels both ways (`fused.decode_stacked`, `fused.adjoint_stacked`);
+    Fourier bases and other devices take `materialise` and `spectral.adjoint`."""
 
     @staticmethod
     def forward(ctx, coef: torch.Tensor, layout: MatrixLayout) -> torch.Tensor:
         ctx.layout = layout
+        ctx.compiled = coef.device.type == "cpu" and layout.basis.name == "wavelet"
+        if ctx.compiled:
+            chunks = fused.decode_stacked(coef.detach(), None, fused.FLOAT_BITS, 1, layout)
+            return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         return materialise(coef.detach(), layout, dtype=torch.float32)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        if ctx.compiled:
+            return fused.adjoint_stacked(grad, ctx.layout), None
         return adjoint(grad.contiguous(), ctx.layout), None
 
 

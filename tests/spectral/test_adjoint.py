@@ -43,3 +43,30 @@ def test_adjoint_names_a_wrong_shape():
     layout = layout_for(Basis("wavelet", "haar"), 0, 0.5, (4, 6))
     with pytest.raises(ValueError, match=r"expected \(\.\.\., 4, 6\) gradients, got \(4, 5\)"):
         adjoint(torch.zeros(4, 5), layout)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", WAVELETS)
+def test_compiled_adjoint_equals_the_plain_one(name, shape, threads):
+    from selora_serve.spectral import fused
+
+    layout = layout_for(Basis("wavelet", name), 2, 0.4, shape)
+    g = torch.randn(5, *shape)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # rows split over two threads write disjoint rows
+    try:
+        got = fused.adjoint_stacked(g, layout)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(got, adjoint(g.double(), layout).float(), atol=2e-5, rtol=1e-5)
+
+
+def test_compiled_adjoint_refuses_what_it_does_not_cover():
+    from selora_serve.spectral import fused
+
+    with pytest.raises(ValueError, match="wavelet layouts only, got fourier"):
+        fused.adjoint_stacked(torch.zeros(1, 4, 6), layout_for(Basis("fourier"), 0, 0.5, (4, 6)))
+    with pytest.raises(ValueError, match=r"expected \(B, 4, 6\) gradients, got \(4, 6\)"):
+        fused.adjoint_stacked(torch.zeros(4, 6), layout_for(Basis("wavelet", "haar"), 0, 0.5, (4, 6)))
+    assert fused.adjoint_stacked(torch.zeros(0, 4, 6), layout_for(Basis("wavelet", "haar"), 0, 0.5, (4, 6))).shape == (0, 12)
