@@ -48,10 +48,10 @@ import torch
 
 try:  # as a module (tests) or as a script
     from benchmarks import quality_tasks as tasks
-    from benchmarks.quality_stats import compare, summarise
+    from benchmarks.quality_stats import base_method, compare, parse_method, summarise
 except ImportError:
     import quality_tasks as tasks
-    from quality_stats import compare, summarise
+    from quality_stats import base_method, compare, parse_method, summarise
 from selora_serve.atomic import write_json
 from selora_serve.config import SeLoRAConfig
 from selora_serve.spectral.omega import num_coefficients
@@ -62,6 +62,7 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 METHODS = ("selora-w-haar", "selora-w-db4", "selora-f", "lora-r32", "lora-matched")
 # SeLoRA-W at the same trainable budget as r 32, eta 0.6 (r (1 - eta) = 12.8), at haar's rate.
 BUDGET_POINTS = ("selora-w-haar-r16", "selora-w-haar-r64")
+ABLATION = ("selora-f-init0.25", "selora-f-init4")
 # The rates a sweep may visit: a x2 ladder; the default sweep starts on the middle four.
 LADDER = (5e-5, 1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3, 6.4e-3, 1.28e-2, 2.56e-2)
 
@@ -84,6 +85,10 @@ class Sizes:
     seeds: int = 5
     methods: tuple[str, ...] = METHODS
     budget_points: tuple[str, ...] = BUDGET_POINTS
+    # SeLoRA-F's gap (addition only): A's initial scale x0.25 and x4 at F's chosen rate (the
+    # rate itself is the sweep's ablation)
+    ablation: tuple[str, ...] = ABLATION
+    ablation_seeds: int = 2
     digits: int = 3  # of each addend
 
     def train_examples(self, task: str) -> int:
@@ -92,13 +97,13 @@ class Sizes:
     def key(self) -> str:
         """What a stored record must share with this run to be reused (not seeds, rates, methods)."""
         d = asdict(self)
-        for free in ("tasks", "lrs", "max_extend", "seeds", "methods", "budget_points"):
+        for free in ("tasks", "lrs", "max_extend", "seeds", "methods", "budget_points", "ablation", "ablation_seeds"):
             d.pop(free)
         return json.dumps(d, sort_keys=True)
 
 
 QUICK = Sizes(train=24, extraction_train=24, validation=8, test=8, batch=4, warmup=1, lrs=(6e-4,), max_extend=0,
-              seeds=1, methods=("selora-w-haar", "lora-r32"), budget_points=())
+              seeds=1, methods=("selora-w-haar", "lora-r32"), budget_points=(), ablation=())
 
 
 # --- methods -------------------------------------------------------------------------------------
@@ -113,10 +118,9 @@ def matched_rank(sizes: Sizes, shapes: list[tuple[int, int]]) -> int:
 
 def rank_eta(method: str, sizes: Sizes) -> tuple[int, float]:
     """(r, eta) of a method; a budget point "...-r<R>" keeps r (1 - eta) at the default's."""
-    head, _, tail = method.rpartition("-r")
-    if head.startswith("selora") and tail.isdigit():
-        r = int(tail)
-        return r, round(1.0 - sizes.rank * (1.0 - sizes.eta) / r, 6)
+    _, rank, _ = parse_method(method)
+    if rank is not None:
+        return rank, round(1.0 - sizes.rank * (1.0 - sizes.eta) / rank, 6)
     return sizes.rank, sizes.eta
 
 
@@ -124,11 +128,21 @@ def spec_for(method: str, sizes: Sizes, shapes: list[tuple[int, int]], seed: int
     r, eta = rank_eta(method, sizes)
     if method == "lora-matched":
         r = matched_rank(sizes, shapes)
-    base = method.rpartition("-r")[0] if method.startswith("selora") and method.rpartition("-r")[2].isdigit() else method
     kind = {"selora-w-haar": dict(basis="wavelet", wavelet="haar"), "selora-w-db4": dict(basis="wavelet", wavelet="db4"),
-            "selora-f": dict(basis="fourier")}.get(base, {})
+            "selora-f": dict(basis="fourier")}.get(parse_method(method)[0], {})
     config = SeLoRAConfig(r=r, alpha=2.0 * r, eta=eta, seed=seed, target_modules=TARGETS, **kind)
     return AdapterSpec(config, dense=method.startswith("lora"), dropout=sizes.dropout)
+
+
+def scale_initial_a(model, factor: float) -> None:
+    """Multiply every A factor's initial values by `factor` (the init-scale ablation; B stays 0,
+    so the adapted model still starts at the base model)."""
+    from selora_serve.training.inject import adapted_layers
+
+    with torch.no_grad():
+        for layer in adapted_layers(model).values():
+            for p in layer.lora_A.parameters():
+                p.mul_(factor)
 
 
 def target_shapes_of(model) -> list[tuple[int, int]]:
@@ -206,6 +220,9 @@ def run_one(model_dir: str, sizes: Sizes, method: str, seed: int, lr: float, dev
     pad = pad_token_id(tokenizer)
     spec = spec_for(method, sizes, target_shapes_of(model), seed)
     inject(model, spec)
+    init_scale = parse_method(method)[2]
+    if init_scale != 1.0:
+        scale_initial_a(model, init_scale)
     params = sum(p.numel() for p in trainable_parameters(model).values())
     config = TrainConfig(epochs=sizes.epochs, lr=lr, batch_size=sizes.batch, warmup=float(sizes.warmup), seed=seed,
                          max_len=96)
@@ -366,6 +383,11 @@ def run(model_dir: str, sizes: Sizes, device: str, threads: int, json_path: str 
             for seed in range(sizes.seeds):
                 for point in sizes.budget_points:
                     one(task, point, seed, lrs["selora-w-haar"], "budget")
+        if task == "addition":
+            for seed in range(sizes.ablation_seeds):
+                for variant in sizes.ablation:
+                    if base_method(variant) in lrs:
+                        one(task, variant, seed, lrs[base_method(variant)], "ablation")
     report["complete"] = True
     save()
     return report
@@ -393,7 +415,7 @@ def print_table(report: dict) -> None:
         print("-" * len(header))
         for row in (r for r in report["summary"] if r["task"] == task):
             ratio = f"{row['step_vs_lora_r32']:.2f}x" if row["step_vs_lora_r32"] else "-"
-            edge = "" if row["bracketed"] or row["method"] in s["budget_points"] else " (edge)"
+            edge = "" if row["bracketed"] or row["method"] not in s["methods"] else " (edge)"
             print(f"{row['method']:<18} {row['trainable_params']:>10,} {row['lr']:>8g} "
                   f"{row['heldout_accuracy_mean']:>7.3f} ± {_half(row['heldout_accuracy_ci95'])} "
                   f"{row['heldout_loss_mean']:>7.3f} ± {_half(row['heldout_loss_ci95'])} {row['s_per_step']:>7.2f} {ratio:>8} "
@@ -456,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(default 4e-4,8e-4,1.6e-3,3.2e-3; extended along a x2 ladder until bracketed)")
     parser.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--no-budget", action="store_true", help="skip SeLoRA-W's eta/rank points at a fixed budget")
+    parser.add_argument("--no-ablation", action="store_true", help="skip the init-scale ablation of SeLoRA-F")
     parser.add_argument("--train-examples", type=int, default=None, help="addition training examples (default 1200)")
     parser.add_argument("--digits", type=int, default=None, help="digits of each addend (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -479,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
             sizes = replace(sizes, tasks=tuple(args.tasks.split(",")))
         if args.no_budget:
             sizes = replace(sizes, budget_points=())
+        if args.no_ablation:
+            sizes = replace(sizes, ablation=())
         if args.train_examples is not None:
             sizes = replace(sizes, train=args.train_examples)
         if args.digits is not None:

@@ -13,6 +13,23 @@ from __future__ import annotations
 
 import statistics
 
+
+def parse_method(method: str) -> tuple[str, int | None, float]:
+    """"selora-w-haar-r16-init4" -> ("selora-w-haar", 16, 4.0): the base method, a rank of a
+    budget point (None: the default), A's initial scale (1: as initialised)."""
+    name, init = method, 1.0
+    head, _, tail = name.rpartition("-init")
+    if head and tail.replace(".", "", 1).isdigit():
+        name, init = head, float(tail)
+    head, _, tail = name.rpartition("-r")
+    if head.startswith("selora") and tail.isdigit():
+        return head, int(tail), init
+    return name, None, init
+
+
+def base_method(method: str) -> str:
+    return parse_method(method)[0]
+
 # --- statistics ----------------------------------------------------------------------------------
 
 # Student t, two-sided 95 %, by degrees of freedom (1.96 beyond the table).
@@ -41,7 +58,7 @@ def summarise(runs: list[dict], task: str, lrs: dict[str, float]) -> list[dict]:
     lora_step = statistics.median(r["s_per_step"] for r in lora) if lora else None
     out = []
     for method in dict.fromkeys(r["method"] for r in mine):
-        lr = lrs.get(method) or lrs.get("selora-w-haar")
+        lr = lrs.get(method) or lrs.get(base_method(method))
         rs = sorted((r for r in mine if r["method"] == method and r["lr"] == lr), key=lambda r: r["seed"])
         if not rs:
             continue

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import quality_real as q
 from benchmarks import quality_stats as stats
@@ -90,6 +91,25 @@ def test_matched_rank_budget_points_and_chosen_lrs():
             [(2e-4, 1.0), (6e-4, 0.5), (2e-3, 0.7)]] + [{"phase": "seed", "method": "m", "lr": 2e-3, "validation_loss": 0.1}]
     assert q.chosen_lrs(runs) == {"m": 6e-4}
     assert q.chosen_lrs([dict(r, task="extraction") for r in runs], "addition") == {}
+
+
+def test_method_names_and_the_init_ablation(tiny_model):
+    assert stats.parse_method("selora-w-haar-r16-init4") == ("selora-w-haar", 16, 4.0)
+    assert stats.parse_method("selora-f-init0.25") == ("selora-f", None, 0.25)
+    assert stats.parse_method("lora-r32") == ("lora-r32", None, 1.0)
+    assert stats.base_method("selora-w-haar-r64") == "selora-w-haar"
+    from selora_serve.training.inject import adapted_layers, inject
+    from selora_serve.training.job import load_model
+
+    model = load_model(str(tiny_model))
+    sizes = q.Sizes(rank=4, eta=0.5)
+    inject(model, q.spec_for("selora-f-init4", sizes, q.target_shapes_of(model), 0))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    q.scale_initial_a(model, 4.0)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p, before[name] * (4.0 if ".lora_A." in name else 1.0))
+    assert all(layer.lora_B.coefficients().abs().sum() == 0 for layer in adapted_layers(model).values())
 
 
 def test_the_ladder_extends_a_sweep_until_bracketed():
