@@ -8,9 +8,12 @@ at a size this machine can run, with the power to tell +2 points from noise:
   extraction of a person's name, age and city with held-out names and cities (400 examples, 50
   steps). The base model scores 0 % on both.
 - Methods, all on q, k, v, up, down with alpha = 2 r (the paper's r = 32, alpha = 64), dropout 0.05:
-  selora-w-haar, selora-w-db4, selora-f (eta 0.6, r 32), lora-r32, lora-matched (the rank whose
-  parameter count is nearest SeLoRA's: 13); and SeLoRA-W's eta / rank trade at the same budget
-  (r (1 - eta) = 12.8): selora-w-haar-r16 (eta 0.2) and selora-w-haar-r64 (eta 0.8).
+  selora-w-haar, selora-w-db4, selora-f (eta 0.6, r 32), selora-f-proj (SeLoRA-F trained with
+  `--optimizer projected-adamw`: Adam's moments per matrix entry, the step projected onto the
+  coefficients), lora-r32, lora-matched (the rank whose parameter count is nearest SeLoRA's: 13);
+  SeLoRA-W's eta / rank trade at the same budget (r (1 - eta) = 12.8): selora-w-haar-r16 (eta
+  0.2) and selora-w-haar-r64 (eta 0.8); and, on addition, the ablation of SeLoRA-F's gap (A's
+  initial scale x0.25 and x4; the projected optimiser on haar).
 - Protocol, per task: every method at every rate of the sweep on seed 0 (a x2 ladder around the
   paper's 2e-4 .. 6e-4); a method whose lowest validation loss sits at the edge of the rates it
   tried gets the next rung (up to `max_extend` more per side), so every chosen rate is bracketed
@@ -59,10 +62,10 @@ from selora_serve.training.data import Example
 from selora_serve.training.layers import AdapterSpec
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
-METHODS = ("selora-w-haar", "selora-w-db4", "selora-f", "lora-r32", "lora-matched")
+METHODS = ("selora-w-haar", "selora-w-db4", "selora-f", "selora-f-proj", "lora-r32", "lora-matched")
 # SeLoRA-W at the same trainable budget as r 32, eta 0.6 (r (1 - eta) = 12.8), at haar's rate.
 BUDGET_POINTS = ("selora-w-haar-r16", "selora-w-haar-r64")
-ABLATION = ("selora-f-init0.25", "selora-f-init4")
+ABLATION = ("selora-f-init0.25", "selora-f-init4", "selora-w-haar-proj")
 # The rates a sweep may visit: a x2 ladder; the default sweep starts on the middle four.
 LADDER = (5e-5, 1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3, 6.4e-3, 1.28e-2, 2.56e-2)
 
@@ -86,7 +89,7 @@ class Sizes:
     methods: tuple[str, ...] = METHODS
     budget_points: tuple[str, ...] = BUDGET_POINTS
     # SeLoRA-F's gap (addition only): A's initial scale x0.25 and x4 at F's chosen rate (the
-    # rate itself is the sweep's ablation)
+    # rate itself is the sweep's ablation), and the projected optimiser on haar at haar's rate
     ablation: tuple[str, ...] = ABLATION
     ablation_seeds: int = 2
     digits: int = 3  # of each addend
@@ -118,7 +121,7 @@ def matched_rank(sizes: Sizes, shapes: list[tuple[int, int]]) -> int:
 
 def rank_eta(method: str, sizes: Sizes) -> tuple[int, float]:
     """(r, eta) of a method; a budget point "...-r<R>" keeps r (1 - eta) at the default's."""
-    _, rank, _ = parse_method(method)
+    rank = parse_method(method)[1]
     if rank is not None:
         return rank, round(1.0 - sizes.rank * (1.0 - sizes.eta) / rank, 6)
     return sizes.rank, sizes.eta
@@ -220,12 +223,12 @@ def run_one(model_dir: str, sizes: Sizes, method: str, seed: int, lr: float, dev
     pad = pad_token_id(tokenizer)
     spec = spec_for(method, sizes, target_shapes_of(model), seed)
     inject(model, spec)
-    init_scale = parse_method(method)[2]
+    _, _, init_scale, projected = parse_method(method)
     if init_scale != 1.0:
         scale_initial_a(model, init_scale)
     params = sum(p.numel() for p in trainable_parameters(model).values())
     config = TrainConfig(epochs=sizes.epochs, lr=lr, batch_size=sizes.batch, warmup=float(sizes.warmup), seed=seed,
-                         max_len=96)
+                         max_len=96, optimizer="projected-adamw" if projected else "adamw")
     result = fit(model, data["train"], config, pad_id=pad, progress=False)
     val_loss, val_acc = tasks.evaluate(model, data["validation"], pad)
     test_loss, test_acc = tasks.evaluate(model, data["test"], pad)

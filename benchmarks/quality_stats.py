@@ -14,17 +14,20 @@ from __future__ import annotations
 import statistics
 
 
-def parse_method(method: str) -> tuple[str, int | None, float]:
-    """"selora-w-haar-r16-init4" -> ("selora-w-haar", 16, 4.0): the base method, a rank of a
-    budget point (None: the default), A's initial scale (1: as initialised)."""
-    name, init = method, 1.0
+def parse_method(method: str) -> tuple[str, int | None, float, bool]:
+    """"selora-w-haar-r16-init4" -> ("selora-w-haar", 16, 4.0, False): the base method, a rank of a
+    budget point (None: the default), A's initial scale (1: as initialised), and whether it
+    trains with the projected optimiser ("-proj": `training/projected.py`)."""
+    name, init, projected = method, 1.0, False
+    if name.endswith("-proj"):
+        name, projected = name[: -len("-proj")], True
     head, _, tail = name.rpartition("-init")
     if head and tail.replace(".", "", 1).isdigit():
         name, init = head, float(tail)
     head, _, tail = name.rpartition("-r")
     if head.startswith("selora") and tail.isdigit():
-        return head, int(tail), init
-    return name, None, init
+        return head, int(tail), init, projected
+    return name, None, init, projected
 
 
 def base_method(method: str) -> str:
@@ -82,7 +85,8 @@ def summarise(runs: list[dict], task: str, lrs: dict[str, float]) -> list[dict]:
 
 COMPARISONS = (("selora-w-haar", "lora-matched"), ("selora-w-db4", "lora-matched"), ("selora-w-haar", "lora-r32"),
                ("selora-w-db4", "lora-r32"), ("selora-f", "selora-w-haar"), ("selora-f", "selora-w-db4"),
-               ("selora-f", "lora-matched"))
+               ("selora-f", "lora-matched"), ("selora-f-proj", "selora-f"), ("selora-f-proj", "selora-w-haar"),
+               ("selora-f-proj", "selora-w-db4"), ("selora-f-proj", "lora-matched"))
 
 
 def compare(runs: list[dict], task: str, lrs: dict[str, float]) -> list[dict]:

@@ -40,8 +40,8 @@ class _Decode(torch.autograd.Function):
     Fourier bases and other devices take `materialise` and `spectral.adjoint`."""
 
     @staticmethod
-    def forward(ctx, coef: torch.Tensor, layout: MatrixLayout) -> torch.Tensor:
-        ctx.layout = layout
+    def forward(ctx, coef: torch.Tensor, layout: MatrixLayout, bank: "FactorBank | None" = None) -> torch.Tensor:
+        ctx.layout, ctx.bank = layout, bank
         ctx.compiled = coef.device.type == "cpu" and layout.basis.name == "wavelet"
         if ctx.compiled:
             chunks = fused.decode_stacked(coef.detach(), None, fused.FLOAT_BITS, 1, layout)
@@ -50,15 +50,23 @@ class _Decode(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        if ctx.compiled:
-            return fused.adjoint_stacked(grad, ctx.layout), None
-        return adjoint(grad.contiguous(), ctx.layout), None
+        if ctx.bank is not None and ctx.bank.keep_matrix_grad:
+            ctx.bank.add_matrix_grad(grad)
+        return transpose(grad, ctx.layout, ctx.compiled), None, None
 
 
-def decode_batched(coef: torch.Tensor, layout: MatrixLayout) -> torch.Tensor:
+def transpose(grad: torch.Tensor, layout: MatrixLayout, compiled: bool) -> torch.Tensor:
+    """(B, m, n) -> (B, k): the adjoint of the decode, compiled or plain."""
+    if compiled:
+        return fused.adjoint_stacked(grad, layout)
+    return adjoint(grad.contiguous(), layout)
+
+
+def decode_batched(coef: torch.Tensor, layout: MatrixLayout, bank: "FactorBank | None" = None) -> torch.Tensor:
     """(B, k) float32 -> (B, m, n) float32, differentiable; equal to `decode.decode` in value and
-    gradient (one fast decode forward, one `spectral.adjoint` pass backward)."""
-    return _Decode.apply(coef, layout)
+    gradient (one fast decode forward, one `spectral.adjoint` pass backward). With a `bank` that
+    keeps matrix gradients, the backward also hands it dLoss/d(matrices)."""
+    return _Decode.apply(coef, layout, bank)
 
 
 class FactorBank:
@@ -79,6 +87,10 @@ class FactorBank:
         self._given: list[bool] = [False] * len(self.factors)
         self._versions: list[int] = []
         self.decodes = 0  # how many times the stack was decoded (for tests and profiling)
+        # dLoss/d(decoded matrices), summed over backward passes until taken: for an optimiser
+        # that steps in the matrices' coordinates (`projected.ProjectedAdamW`)
+        self.keep_matrix_grad = False
+        self.matrix_grad: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.factors)
@@ -89,7 +101,7 @@ class FactorBank:
         coef = stacked * self.gain if self.gain != 1.0 else stacked
         # unbind, not indexing: its backward stacks the B row gradients in one op, where each
         # `select` would scatter into a zero tensor the size of the whole stack.
-        self._rows = decode_batched(coef, self.layout).unbind(0)
+        self._rows = decode_batched(coef, self.layout, self).unbind(0)
         self._given = [False] * len(self.factors)
         self._versions = [t._version for t in thetas]
         self.decodes += 1
@@ -102,14 +114,39 @@ class FactorBank:
         self._given[index] = True
         return self._rows[index]  # type: ignore[index]
 
+    def add_matrix_grad(self, grad: torch.Tensor) -> None:
+        if self.matrix_grad is None:
+            self.matrix_grad = grad.detach().clone()
+        else:
+            self.matrix_grad.add_(grad)
+
+    def take_matrix_grad(self) -> torch.Tensor | None:
+        grad, self.matrix_grad = self.matrix_grad, None
+        return grad
+
+    def transpose(self, matrices: torch.Tensor) -> torch.Tensor:
+        """(B, m, n) -> (B, k): the adjoint of this bank's decode (what its backward applies)."""
+        compiled = matrices.device.type == "cpu" and self.layout.basis.name == "wavelet"
+        return transpose(matrices, self.layout, compiled)
+
     def __getstate__(self) -> dict:
         # Copies (copy.deepcopy of a model, pickling) start without the decoded stack: its
         # tensors are not graph leaves, and the next read decodes anyway.
-        return {**self.__dict__, "_rows": None}
+        return {**self.__dict__, "_rows": None, "matrix_grad": None}
 
     def release(self) -> None:
         """Drop the decoded stack (and the graph it holds), e.g. after training."""
         self._rows = None
+
+
+def banks_of(model: torch.nn.Module) -> list[FactorBank]:
+    """The banks of `model`'s spectral factors, in module order (each once)."""
+    seen: dict[int, FactorBank] = {}
+    for module in model.modules():
+        bank = getattr(module, "bank", None)
+        if isinstance(bank, FactorBank):
+            seen.setdefault(id(bank), bank)
+    return list(seen.values())
 
 
 def build_banks(factors: Sequence) -> list[FactorBank]:

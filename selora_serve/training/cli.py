@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="linear warm-up before the cosine decay: a fraction of all steps (< 1) or a step count; default %(default)s")
     tr.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay; default %(default)s")
     tr.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm, 0 to disable; default %(default)s")
+    tr.add_argument("--optimizer", choices=("adamw", "projected-adamw"), default="adamw",
+                    help="adamw: Adam on the coefficients (the paper's); projected-adamw: Adam's moments per entry of "
+                    "the decoded A and B, the step projected onto the coefficients, i.e. LoRA's step within the "
+                    "adapter's function space (helps the Fourier basis, whose coefficients each touch every "
+                    "channel; spectral variants only); default %(default)s")
     tr.add_argument("--seed", type=int, default=0,
                     help="seeds the coefficient positions (Omega), the initial values, data order and dropout; default %(default)s")
     tr.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N; default %(default)s")
@@ -139,11 +144,14 @@ def job_from_args(args: argparse.Namespace):
         r=args.rank, alpha=args.alpha, seed=args.seed,
         target_modules=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
     )
+    if args.optimizer == "projected-adamw" and args.variant == "lora":
+        raise ValueError("--optimizer projected-adamw steps spectral factors; --variant lora trains dense ones "
+                         "(use --optimizer adamw)")
     train = TrainConfig(
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
         max_len=args.max_len, warmup=args.warmup, weight_decay=args.weight_decay,
         max_grad_norm=args.max_grad_norm, seed=args.seed, save_every=args.save_every,
-        keep_checkpoints=args.keep_checkpoints,
+        keep_checkpoints=args.keep_checkpoints, optimizer=args.optimizer,
     )
     return TrainJob(
         model=args.model, data=args.data, out=args.out,

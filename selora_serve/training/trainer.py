@@ -5,7 +5,8 @@
 Trains whatever parameters of `model` require grad (after `inject.inject`, the adapter's
 factors and magnitudes; the benchmark also pre-trains a whole model with it). As in the SeLoRA
 paper's appendix C: AdamW, a cosine schedule after a linear warm-up (transformers'
-`get_cosine_schedule_with_warmup`), no weight decay by default.
+`get_cosine_schedule_with_warmup`), no weight decay by default. `optimizer="projected-adamw"`
+keeps Adam's moments per entry of the decoded matrices instead (`projected.py`).
 
 Data order is a pure function of (seed, epoch): each epoch is a seeded permutation cut into
 micro-batches of `batch_size`; `grad_accum` micro-batches make one optimiser step (the last
@@ -30,7 +31,12 @@ import torch
 from torch import nn
 
 from . import checkpoints
+from .bank import banks_of
 from .data import Example, collate
+from .projected import ProjectedAdamW
+
+
+OPTIMIZERS = ("adamw", "projected-adamw")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class TrainConfig:
     warmup: float = 0.03  # < 1: a fraction of all steps; >= 1: a number of steps
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping
+    optimizer: str = "adamw"  # or "projected-adamw" (spectral factors; `projected.py`)
     seed: int = 0
     save_every: int = 0  # steps between intermediate checkpoints (0: at epoch ends only)
     keep_checkpoints: int = 2
@@ -67,6 +74,8 @@ class TrainConfig:
         number("warmup", lambda v: v >= 0 and (v < 1 or float(v).is_integer()), "a fraction in [0, 1) or a whole number of steps")
         number("weight_decay", lambda v: v >= 0, ">= 0")
         number("max_grad_norm", lambda v: v >= 0, ">= 0 (0 disables clipping)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
 
     def warmup_steps(self, total_steps: int) -> int:
         if self.warmup >= 1:
@@ -78,6 +87,8 @@ class TrainConfig:
         d = asdict(self)
         for harmless in ("save_every", "keep_checkpoints"):
             d.pop(harmless)
+        if d["optimizer"] == "adamw":  # as runs written before the choice existed recorded it
+            d.pop("optimizer")
         return d
 
 
@@ -116,6 +127,17 @@ class StepLog:
     loss: float
     lr: float
     tokens_per_second: float
+
+
+def make_optimizer(model: nn.Module, params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, or ProjectedAdamW over `model`'s factor banks (ValueError if it has none)."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    banks = banks_of(model)
+    if not banks:
+        raise ValueError("optimizer 'projected-adamw' steps spectral factors decoded in banks; this model has none "
+                         "(dense LoRA trains with 'adamw')")
+    return ProjectedAdamW(params, banks, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _split_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
@@ -181,7 +203,7 @@ def fit(
     device = params[0].device
     per_epoch = steps_per_epoch(len(examples), config)
     total = per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, params, config)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps(total), total)
     run = {"train": config.resume_key(), "num_examples": len(examples), **(run_info or {})}
 
@@ -222,7 +244,9 @@ def fit(
                     total_loss += loss.item()
                     result.tokens += int(batch["attention_mask"].sum())
                 if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                    norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+                    if isinstance(optimizer, ProjectedAdamW):  # its matrix gradients are clipped alike
+                        optimizer.set_grad_scale(min(1.0, config.max_grad_norm / (norm + 1e-6)))
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()

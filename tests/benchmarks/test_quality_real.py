@@ -94,9 +94,10 @@ def test_matched_rank_budget_points_and_chosen_lrs():
 
 
 def test_method_names_and_the_init_ablation(tiny_model):
-    assert stats.parse_method("selora-w-haar-r16-init4") == ("selora-w-haar", 16, 4.0)
-    assert stats.parse_method("selora-f-init0.25") == ("selora-f", None, 0.25)
-    assert stats.parse_method("lora-r32") == ("lora-r32", None, 1.0)
+    assert stats.parse_method("selora-w-haar-r16-init4") == ("selora-w-haar", 16, 4.0, False)
+    assert stats.parse_method("selora-f-init0.25") == ("selora-f", None, 0.25, False)
+    assert stats.parse_method("selora-f-proj") == ("selora-f", None, 1.0, True)
+    assert stats.parse_method("lora-r32") == ("lora-r32", None, 1.0, False)
     assert stats.base_method("selora-w-haar-r64") == "selora-w-haar"
     from selora_serve.training.inject import adapted_layers, inject
     from selora_serve.training.job import load_model

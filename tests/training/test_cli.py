@@ -22,7 +22,8 @@ def cli(*args, ok: bool = True) -> subprocess.CompletedProcess:
 def test_help_teaches():
     out = cli("--help").stdout
     for word in ("--variant", "sedora", "lora", "Alpaca", "### Response:", "--resume", "OUT.train", "--export-peft",
-                 "--grad-accum", "--warmup", "cosine", "line number", "examples:", "docs/FORMAT.md"):
+                 "--grad-accum", "--warmup", "cosine", "line number", "examples:", "docs/FORMAT.md", "--optimizer",
+                 "projected-adamw"):
         assert word in out, word
 
 
@@ -65,3 +66,14 @@ def test_coef_bits_writes_a_quantised_checkpoint_and_its_dequantised_twin(tiny_m
     lora = cli("--model", tiny_model, "--data", qa_file, "--out", tmp_path / "l", "--variant", "lora",
                "--coef-bits", 8, "--quiet", ok=False)
     assert lora.returncode == 2 and "--coef-bits quantises spectral coefficients" in lora.stderr
+
+
+def test_projected_optimizer_trains_spectral_variants_and_refuses_dense_lora(tiny_model, qa_file, tmp_path):
+    out = tmp_path / "f"
+    proc = cli("--model", tiny_model, "--data", qa_file, "--out", out, "--rank", 4, "--alpha", 8, "--basis", "fourier",
+               "--targets", "q_proj,v_proj", "--epochs", 1, "--batch-size", 3, "--optimizer", "projected-adamw", "--quiet")
+    assert f"wrote {out}" in proc.stdout and read_manifest(out).config.basis == "fourier"
+    bad = cli("--model", tiny_model, "--data", qa_file, "--out", tmp_path / "l", "--variant", "lora",
+              "--optimizer", "projected-adamw", "--quiet", ok=False)
+    assert bad.returncode == 2 and "--variant lora trains dense ones (use --optimizer adamw)" in bad.stderr
+    assert not (tmp_path / "l").exists()
