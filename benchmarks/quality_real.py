@@ -97,12 +97,16 @@ class Sizes:
     def train_examples(self, task: str) -> int:
         return self.extraction_train if task == "extraction" else self.train
 
-    def key(self) -> str:
-        """What a stored record must share with this run to be reused (not seeds, rates, methods)."""
+    def key(self, task: str) -> str:
+        """What a stored record of `task` must share with this run to be reused: the sizes that
+        shape its training and scores (not the seeds, rates or methods run, nor the other task's)."""
         d = asdict(self)
-        for free in ("tasks", "lrs", "max_extend", "seeds", "methods", "budget_points", "ablation", "ablation_seeds"):
+        for free in ("tasks", "lrs", "max_extend", "seeds", "methods", "budget_points", "ablation", "ablation_seeds",
+                     "train", "extraction_train"):
             d.pop(free)
-        return json.dumps(d, sort_keys=True)
+        if task != "addition":
+            d.pop("digits")
+        return json.dumps({"task": task, "train": self.train_examples(task), **d}, sort_keys=True)
 
 
 QUICK = Sizes(train=24, extraction_train=24, validation=8, test=8, batch=4, warmup=1, lrs=(6e-4,), max_extend=0,
@@ -320,8 +324,7 @@ def run(model_dir: str, sizes: Sizes, device: str, threads: int, json_path: str 
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     results = Path(results_path) if results_path else None
-    key = sizes.key()
-    stored = load_records(results, key)
+    stored = [r for task in sizes.tasks for r in load_records(results, sizes.key(task))]
     report = {
         "benchmark": "quality-real", "complete": False,
         "hardware": {"cpu": platform.processor() or platform.machine(), "device": device, "torch_threads": threads,
@@ -346,7 +349,7 @@ def run(model_dir: str, sizes: Sizes, device: str, threads: int, json_path: str 
         if done is None:
             with context.Pool(1, maxtasksperchild=1) as pool:  # a fresh process: its peak memory is its own
                 done = pool.apply(_in_child, ((model_dir, sizes, method, seed, lr, device, threads, task),))
-            done.update(phase=phase, sizes_key=key)
+            done.update(phase=phase, sizes_key=sizes.key(task))
             if results:
                 results.parent.mkdir(parents=True, exist_ok=True)
                 with results.open("a") as fh:

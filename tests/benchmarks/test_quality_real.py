@@ -113,6 +113,14 @@ def test_method_names_and_the_init_ablation(tiny_model):
     assert all(layer.lora_B.coefficients().abs().sum() == 0 for layer in adapted_layers(model).values())
 
 
+def test_stored_records_are_keyed_by_what_shaped_them():
+    sizes = q.Sizes()
+    assert sizes.key("addition") == q.Sizes(extraction_train=99, seeds=9, lrs=(1e-3,)).key("addition")
+    assert sizes.key("extraction") == q.Sizes(train=99, digits=4).key("extraction")
+    assert sizes.key("addition") != q.Sizes(train=99).key("addition") != q.Sizes(batch=4).key("addition")
+    assert sizes.key("extraction") != q.Sizes(extraction_train=99).key("extraction")
+
+
 def test_the_ladder_extends_a_sweep_until_bracketed():
     initial = (4e-4, 8e-4, 1.6e-3, 3.2e-3)
     assert q.next_rung(list(initial), 8e-4, 2, initial) is None  # inside: bracketed
