@@ -42,7 +42,7 @@ class _Decode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, coef: torch.Tensor, layout: MatrixLayout, bank: "FactorBank | None" = None) -> torch.Tensor:
         ctx.layout, ctx.bank = layout, bank
-        ctx.compiled = coef.device.type == "cpu" and layout.basis.name == "wavelet"
+        ctx.compiled = _compiled(coef.device, layout)
         if ctx.compiled:
             chunks = fused.decode_stacked(coef.detach(), None, fused.FLOAT_BITS, 1, layout)
             return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
@@ -53,6 +53,11 @@ class _Decode(torch.autograd.Function):
         if ctx.bank is not None and ctx.bank.keep_matrix_grad:
             ctx.bank.add_matrix_grad(grad)
         return transpose(grad, ctx.layout, ctx.compiled), None, None
+
+
+def _compiled(device: torch.device, layout: MatrixLayout) -> bool:
+    """Whether the compiled kernels decode (and transpose) this layout here: wavelets on CPU."""
+    return device.type == "cpu" and layout.basis.name == "wavelet"
 
 
 def transpose(grad: torch.Tensor, layout: MatrixLayout, compiled: bool) -> torch.Tensor:
@@ -126,8 +131,7 @@ class FactorBank:
 
     def transpose(self, matrices: torch.Tensor) -> torch.Tensor:
         """(B, m, n) -> (B, k): the adjoint of this bank's decode (what its backward applies)."""
-        compiled = matrices.device.type == "cpu" and self.layout.basis.name == "wavelet"
-        return transpose(matrices, self.layout, compiled)
+        return transpose(matrices, self.layout, _compiled(matrices.device, self.layout))
 
     def __getstate__(self) -> dict:
         # Copies (copy.deepcopy of a model, pickling) start without the decoded stack: its

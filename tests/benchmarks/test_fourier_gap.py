@@ -33,3 +33,10 @@ def test_quick_run(capsys, tmp_path):
         assert row["lora_max_over_median"] == pytest.approx(1.0)  # LoRA's sign step: every channel alike
         assert 0 < row["fourier_top_share"] <= 1 and row["grad_max_over_median"] >= 1
     assert "fourier" in printed and "grad max/med" in printed
+
+
+@pytest.mark.parametrize("argv", [["--examples", "0"], ["--eta", "1.0"]])
+def test_bad_options_are_refused(argv, capsys):
+    with pytest.raises(SystemExit):
+        fg.main(argv)
+    assert "--examples >= 1 and --eta in [0, 1)" in capsys.readouterr().err
