@@ -49,10 +49,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from benchmarks.publish import publish  # noqa: E402
 from benchmarks.decode import QUICK_LAYERS, hardware, load_dense, make_adapter  # noqa: E402
 from benchmarks.serve import REAL_RANK, build_workspace, real_model  # noqa: E402
 from benchmarks.serve_report import TARGETS  # noqa: E402
-from selora_serve.atomic import write_json  # noqa: E402
 
 SETTINGS = {"unthrottled": None, "1GB/s": 8000, "100MB/s": 800}  # mbit on the wire
 BUCKET = "bench"
@@ -346,11 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         doc = run(args, work)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        write_json(args.json, doc)
-    if args.plot:
-        plot(doc, args.plot)
-    print(json.dumps(doc))
+    publish(doc, json_path=args.json, plot=plot, plot_path=args.plot)
 
 
 def plot(doc: dict, path: Path) -> None:

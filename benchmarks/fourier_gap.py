@@ -23,7 +23,6 @@ Prints a table and, last, one JSON document (`--json PATH` writes it). `--quick`
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 
@@ -31,11 +30,12 @@ import torch
 
 try:  # as a module (tests) or as a script
     from benchmarks import quality_tasks as tasks
+    from benchmarks.publish import publish, quick_model_dir
     from benchmarks.quality_real import Sizes, default_model_dir, spec_for, target_shapes_of
 except ImportError:
     import quality_tasks as tasks
+    from publish import publish, quick_model_dir
     from quality_real import Sizes, default_model_dir, spec_for, target_shapes_of
-from selora_serve.atomic import write_json
 from selora_serve.spectral.adjoint import adjoint
 from selora_serve.spectral.basis import Basis
 from selora_serve.spectral.materialise import layout_for, materialise
@@ -121,20 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.examples < 1 or not 0 <= args.eta < 1:
         parser.error("--examples >= 1 and --eta in [0, 1)")
     if args.quick:
-        import tempfile
-
-        from selora_serve.tiny import build_tiny_model
-
-        model_dir, args.examples = str(build_tiny_model(tempfile.mkdtemp(prefix="fourier-gap-") + "/tiny", seed=0)), 4
+        model_dir, args.examples = quick_model_dir("fourier-gap"), 4
     else:
         model_dir = args.model_dir or default_model_dir()
     rows = measure(gradients(model_dir, args.examples), args.eta)
     report = {"benchmark": "fourier-gap", "model_dir": model_dir, "examples": args.examples, "eta": args.eta,
               "top_share_of_channels": TOP, "rows": rows, "quick": args.quick}
-    print_table(report)
-    if args.json:
-        write_json(args.json, report)
-    print(json.dumps(report))
+    publish(report, table=print_table, json_path=args.json)
     return 0
 
 

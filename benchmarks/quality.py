@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import sys
@@ -37,7 +36,10 @@ from pathlib import Path
 
 import torch
 
-from selora_serve.atomic import write_json
+try:  # as a module (tests) or as a script
+    from benchmarks.publish import publish
+except ImportError:
+    from publish import publish
 from selora_serve.config import SeLoRAConfig
 from selora_serve.spectral.omega import num_coefficients
 from selora_serve.tiny import _WORDS, build_tiny_model
@@ -288,10 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seeds if args.seeds is not None else (1 if args.quick else 3)))
     report = run(sizes, seeds, args.progress)
     report["quick"] = args.quick
-    print_table(report)
-    if args.json:
-        write_json(args.json, report)
-    print(json.dumps(report))
+    publish(report, table=print_table, json_path=args.json)
     return 0
 
 

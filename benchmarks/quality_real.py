@@ -51,9 +51,11 @@ import torch
 
 try:  # as a module (tests) or as a script
     from benchmarks import quality_tasks as tasks
+    from benchmarks.publish import publish
     from benchmarks.quality_stats import base_method, compare, parse_method, summarise
 except ImportError:
     import quality_tasks as tasks
+    from publish import publish
     from quality_stats import base_method, compare, parse_method, summarise
 from selora_serve.atomic import write_json
 from selora_serve.config import SeLoRAConfig
@@ -530,12 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = args.model_dir or default_model_dir()
     report = run(model_dir, sizes, args.device, args.threads or os.cpu_count() or 1, args.json, args.progress, results)
     report["quick"] = args.quick
-    print_table(report)
-    if args.json:
-        write_json(args.json, report)
-    if args.plot:
-        plot(report, args.plot)
-    print(json.dumps(report))
+    publish(report, table=print_table, json_path=args.json, plot=plot, plot_path=args.plot)
     return 0
 
 

@@ -12,7 +12,9 @@ at 1 and 2 torch threads. Methods are interleaved within each round (each method
 steps, the first of each round dropped: optimiser state allocation), so drifts in this machine's
 load hit all alike; the figure is the median step time over rounds, and the ratio to LoRA r32 in
 the same (threads, regime). `--per-factor` adds SeLoRA decoded factor by factor (the path
-before factor banks, `inject(..., batched=False)`) to show what batching buys.
+before factor banks, `inject(..., batched=False)`) to show what batching buys. `--methods`
+also takes selora-f-proj: SeLoRA-F trained with `--optimizer projected-adamw` (per-entry Adam
+moments of the decoded matrices and one more adjoint a step).
 
 Prints a table and, last, one JSON document; `--json PATH` writes it (atomically) after every
 round, so an interrupted run keeps its rounds. `--quick`: the suite's smoke run (a tiny model).
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -32,14 +33,19 @@ import time
 import torch
 
 try:  # as a module (tests) or as a script
+    from benchmarks.publish import publish, quick_model_dir
     from benchmarks.quality_real import Sizes, default_model_dir, spec_for, target_shapes_of
+    from benchmarks.quality_stats import parse_method
     from benchmarks.quality_tasks import addition_split, encode
 except ImportError:
+    from publish import publish, quick_model_dir
     from quality_real import Sizes, default_model_dir, spec_for, target_shapes_of
+    from quality_stats import parse_method
     from quality_tasks import addition_split, encode
 from selora_serve.atomic import write_json
 
-METHODS = ("lora-r32", "selora-w-haar", "selora-w-db4", "selora-f")
+METHODS = ("lora-r32", "selora-w-haar", "selora-w-db4", "selora-f", "selora-f-proj")
+DEFAULT_METHODS = METHODS[:4]  # selora-f-proj (the projected optimiser) on request
 REGIMES = ("short", "alpaca")
 
 
@@ -63,11 +69,11 @@ def prepare(base, method: str, per_factor: bool):
     return model
 
 
-def time_steps(model, examples, steps: int, batch: int, pad_id: int) -> list[float]:
+def time_steps(model, examples, steps: int, batch: int, pad_id: int, optimizer: str = "adamw") -> list[float]:
     """Wall seconds of each of `steps` optimiser steps (all but the first: warm-up)."""
     from selora_serve.training.trainer import TrainConfig, fit
 
-    config = TrainConfig(epochs=1, lr=1e-4, batch_size=batch, warmup=0.0, max_len=128)
+    config = TrainConfig(epochs=1, lr=1e-4, batch_size=batch, warmup=0.0, max_len=128, optimizer=optimizer)
     result = fit(model, examples[: steps * batch], config, pad_id=pad_id, progress=False)
     return result.step_seconds[1:]
 
@@ -89,7 +95,7 @@ def run(model_dir: str, threads: list[int], regimes: list[str], methods: list[st
         "model": {"dir": model_dir, "hidden": base.config.hidden_size, "layers": base.config.num_hidden_layers},
         "batch": batch, "steps_per_round": steps, "rounds": rounds,
         "tokens_per_sequence": {r: statistics.mean(len(e.input_ids) for e in data[r]) for r in regimes},
-        "samples": [],  # {"round", "threads", "regime", "method", "step_seconds": [...]}
+        "samples": [],  # {"round", "threads", "regime", "method", "optimizer", "step_seconds": [...]}
     }
     started = time.perf_counter()
     for round_ in range(rounds):
@@ -97,9 +103,10 @@ def run(model_dir: str, threads: list[int], regimes: list[str], methods: list[st
             torch.set_num_threads(t)
             for regime in regimes:
                 for method in methods:
-                    seconds = time_steps(models[method], data[regime], steps, batch, pad)
+                    optimizer = "projected-adamw" if parse_method(method.removesuffix("/per-factor"))[3] else "adamw"
+                    seconds = time_steps(models[method], data[regime], steps, batch, pad, optimizer)
                     report["samples"].append({"round": round_, "threads": t, "regime": regime, "method": method,
-                                              "step_seconds": seconds})
+                                              "optimizer": optimizer, "step_seconds": seconds})
                     if progress:
                         print(f"  round {round_} {t} thr {regime:<6} {method:<26} {statistics.median(seconds) * 1e3:7.1f} ms"
                               f"  [{time.perf_counter() - started:.0f} s]", file=sys.stderr)
@@ -156,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                         "exported by `python -m selora_serve.models smollm2` into the cache)")
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default 1,2)")
     parser.add_argument("--regimes", default=",".join(REGIMES), help=f"subset of {','.join(REGIMES)}")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)} (lora-r32 is the "
-                        "baseline and always included)")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"subset of {','.join(METHODS)} (default "
+                        f"{','.join(DEFAULT_METHODS)}; lora-r32 is the baseline and always included)")
     parser.add_argument("--per-factor", action="store_true", help="also time SeLoRA decoded factor by factor (no banks)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--steps", type=int, default=8, help="steps per method per round, the first dropped (default 8)")
@@ -178,21 +185,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--threads >= 1, --rounds >= 1, --steps >= 2 (the first is dropped), --batch >= 1")
     methods = ["lora-r32"] + methods
     if args.per_factor:
-        methods += [f"{m}/per-factor" for m in methods if m.startswith("selora")]
+        # the projected optimiser steps factor banks, so it has no per-factor form
+        methods += [f"{m}/per-factor" for m in methods if m.startswith("selora") and not parse_method(m)[3]]
     if args.quick:
-        from selora_serve.tiny import build_tiny_model
-        import tempfile
-
-        model_dir = str(build_tiny_model(tempfile.mkdtemp(prefix="train-step-") + "/tiny", seed=0))
+        model_dir = quick_model_dir("train-step")
         args.rounds, args.steps, args.batch = 1, 3, 2
     else:
         model_dir = args.model_dir or default_model_dir()
     report = run(model_dir, threads, regimes, methods, args.rounds, args.steps, args.batch, args.json, args.progress)
     report["quick"] = args.quick
-    print_table(report)
-    if args.json:
-        write_json(args.json, report)
-    print(json.dumps(report))
+    publish(report, table=print_table, json_path=args.json)
     return 0
 
 

@@ -11,13 +11,17 @@ from benchmarks import train_step as ts
 
 def test_quick_run_times_every_method_against_lora(capsys, tmp_path):
     out = tmp_path / "train-step.json"
-    assert ts.main(["--quick", "--per-factor", "--threads", "1", "--json", str(out)]) == 0
+    assert ts.main(["--quick", "--per-factor", "--threads", "1", "--json", str(out),
+                    "--methods", ",".join(ts.METHODS)]) == 0
     printed = capsys.readouterr().out
     doc = json.loads(out.read_text())
     assert doc == json.loads(printed.strip().splitlines()[-1]) and doc["complete"] and doc["quick"]
-    methods = ["lora-r32", "selora-w-haar", "selora-w-db4", "selora-f",
-               "selora-w-haar/per-factor", "selora-w-db4/per-factor", "selora-f/per-factor"]
+    methods = ["lora-r32", "selora-w-haar", "selora-w-db4", "selora-f", "selora-f-proj", "selora-w-haar/per-factor",
+               "selora-w-db4/per-factor", "selora-f/per-factor"]  # projected steps banks: no per-factor form
     assert [(r["regime"], r["method"]) for r in doc["summary"]] == [(g, m) for g in ts.REGIMES for m in methods]
+    # the projected optimiser is what "-proj" times; everything else plain AdamW
+    assert {(s["method"], s["optimizer"]) for s in doc["samples"]} == {
+        (m, "projected-adamw" if "-proj" in m else "adamw") for m in methods}
     for row in doc["summary"]:
         assert row["threads"] == 1 and row["s_per_step"] > 0 and row["rounds"] == 1
         assert row["vs_lora_r32"] == pytest.approx(row["s_per_step"] / next(
@@ -26,6 +30,10 @@ def test_quick_run_times_every_method_against_lora(capsys, tmp_path):
     # the alpaca regime's sequences are the longer ones
     assert doc["tokens_per_sequence"]["alpaca"] > 3 * doc["tokens_per_sequence"]["short"]
     assert "vs LoRA r32" in printed and "selora-w-db4/per-factor" in printed
+
+
+def test_default_methods_leave_out_the_projected_optimiser():
+    assert ts.DEFAULT_METHODS == ("lora-r32", "selora-w-haar", "selora-w-db4", "selora-f")
 
 
 def test_summary_ratios_use_the_same_round_and_regime():

@@ -1,0 +1,34 @@
+"""What every benchmark script does last, and the tiny model its `--quick` run measures.
+
+`publish` prints the human table, writes the JSON document atomically (`--json`), draws the
+plot (`--plot`), and prints the document as the last line of stdout: the contract the suite's
+smoke tests and anyone piping a benchmark into `jq` rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from typing import Callable
+
+from selora_serve.atomic import write_json
+
+
+def publish(report: dict, *, table: Callable[[dict], None] | None = None, json_path: str | None = None,
+            plot: Callable[[dict, str], object] | None = None, plot_path: str | None = None) -> None:
+    """Print `table(report)`, write `report` to `json_path`, plot it to `plot_path` (each if
+    given), then print `report` as one JSON line."""
+    if table is not None:
+        table(report)
+    if json_path:
+        write_json(json_path, report)
+    if plot is not None and plot_path:
+        plot(report, plot_path)
+    print(json.dumps(report))
+
+
+def quick_model_dir(prefix: str) -> str:
+    """A fresh tiny random Llama in a temporary directory (the `--quick` runs' model)."""
+    from selora_serve.tiny import build_tiny_model
+
+    return str(build_tiny_model(tempfile.mkdtemp(prefix=f"{prefix}-") + "/tiny", seed=0))
