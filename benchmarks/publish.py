@@ -8,7 +8,12 @@ smoke tests and anyone piping a benchmark into `jq` rely on.
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 import tempfile
+import time
+from pathlib import Path
 from typing import Callable
 
 from selora_serve.atomic import write_json
@@ -32,3 +37,23 @@ def quick_model_dir(prefix: str) -> str:
     from selora_serve.tiny import build_tiny_model
 
     return str(build_tiny_model(tempfile.mkdtemp(prefix=f"{prefix}-") + "/tiny", seed=0))
+
+
+def provenance(script: str, argv: list[str] | None) -> dict:
+    """Which run produced a results document: the command line, the project's commit (None outside
+    a git checkout; "+dirty" when the tree had changes) and when it finished (UTC)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit and git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    args = sys.argv[1:] if argv is None else argv
+    return {"command": shlex.join(["python", f"benchmarks/{script}", *args]), "git_commit": commit,
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -51,11 +51,11 @@ import torch
 
 try:  # as a module (tests) or as a script
     from benchmarks import quality_tasks as tasks
-    from benchmarks.publish import publish
+    from benchmarks.publish import provenance, publish
     from benchmarks.quality_stats import base_method, compare, parse_method, summarise
 except ImportError:
     import quality_tasks as tasks
-    from publish import publish
+    from publish import provenance, publish
     from quality_stats import base_method, compare, parse_method, summarise
 from selora_serve.atomic import write_json
 from selora_serve.config import SeLoRAConfig
@@ -351,7 +351,7 @@ def run(model_dir: str, sizes: Sizes, device: str, threads: int, json_path: str 
         if done is None:
             with context.Pool(1, maxtasksperchild=1) as pool:  # a fresh process: its peak memory is its own
                 done = pool.apply(_in_child, ((model_dir, sizes, method, seed, lr, device, threads, task),))
-            done.update(phase=phase, sizes_key=sizes.key(task))
+            done.update(phase=phase, sizes_key=sizes.key(task), finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             if results:
                 results.parent.mkdir(parents=True, exist_ok=True)
                 with results.open("a") as fh:
@@ -532,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = args.model_dir or default_model_dir()
     report = run(model_dir, sizes, args.device, args.threads or os.cpu_count() or 1, args.json, args.progress, results)
     report["quick"] = args.quick
+    report["provenance"] = provenance("quality_real.py", argv)
     publish(report, table=print_table, json_path=args.json, plot=plot, plot_path=args.plot)
     return 0
 

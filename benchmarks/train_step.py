@@ -33,12 +33,12 @@ import time
 import torch
 
 try:  # as a module (tests) or as a script
-    from benchmarks.publish import publish, quick_model_dir
+    from benchmarks.publish import provenance, publish, quick_model_dir
     from benchmarks.quality_real import Sizes, default_model_dir, spec_for, target_shapes_of
     from benchmarks.quality_stats import parse_method
     from benchmarks.quality_tasks import addition_split, encode
 except ImportError:
-    from publish import publish, quick_model_dir
+    from publish import provenance, publish, quick_model_dir
     from quality_real import Sizes, default_model_dir, spec_for, target_shapes_of
     from quality_stats import parse_method
     from quality_tasks import addition_split, encode
@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = args.model_dir or default_model_dir()
     report = run(model_dir, threads, regimes, methods, args.rounds, args.steps, args.batch, args.json, args.progress)
     report["quick"] = args.quick
+    report["provenance"] = provenance("train_step.py", argv)
     publish(report, table=print_table, json_path=args.json)
     return 0
 
