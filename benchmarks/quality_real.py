@@ -430,7 +430,7 @@ def print_table(report: dict) -> None:
                   f"{row['update_peak_over_rms']:>8.1f}{edge}  (n={row['seeds']})")
         for c in (c for c in report["comparisons"] if c["task"] == task):
             print(f"  {c['method']} - {c['against']}: {c['points']:+.1f} ± {c['ci95']:.1f} points (paired, n={c['seeds']}): "
-                  f"{c['verdict']}")
+                  f"{c['verdict']}; loss {c['loss_diff']:+.3f} ± {c['loss_ci95']:.3f}: {c['loss_verdict']}")
         print("  sweep (seed 0), test accuracy / validation loss by lr:")
         for method in s["methods"]:
             cells = [f"{r['lr']:g}: {r['heldout_accuracy']:.3f} / {r['validation_loss']:.3f}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -136,12 +137,18 @@ def test_confidence_intervals_and_paired_verdicts():
     mean, half = stats.ci95([0.30, 0.32, 0.34, 0.36, 0.38])
     assert mean == pytest.approx(0.34) and half == pytest.approx(2.776 * 0.0316228 / 5 ** 0.5, rel=1e-4)
     assert stats.ci95([0.5]) == (0.5, None)
-    runs = [{"task": "addition", "method": m, "seed": s, "lr": 1e-3, "heldout_accuracy": acc}
-            for s, (a, b) in enumerate([(0.40, 0.35), (0.42, 0.36), (0.38, 0.34)])
-            for m, acc in (("selora-w-haar", a), ("lora-matched", b))]
+    runs = [{"task": "addition", "method": m, "seed": s, "lr": 1e-3, "heldout_accuracy": acc, "heldout_loss": loss}
+            for s, (a, b, la, lb) in enumerate([(0.40, 0.35, 0.50, 0.40), (0.42, 0.36, 0.60, 0.45), (0.38, 0.34, 0.40, 0.41)])
+            for m, acc, loss in (("selora-w-haar", a, la), ("lora-matched", b, lb))]
     (row,) = stats.compare(runs, "addition", {"selora-w-haar": 1e-3, "lora-matched": 1e-3})
     assert (row["method"], row["against"], row["seeds"], row["verdict"]) == ("selora-w-haar", "lora-matched", 3, "beats")
     assert row["points"] == pytest.approx(5.0)
+    # losses paired by seed: +0.10, +0.15, -0.01 -> mean +0.08, t(2) * sd / sqrt(3); higher loss is worse
+    assert row["loss_diff"] == pytest.approx(0.08)
+    assert row["loss_ci95"] == pytest.approx(4.303 * statistics.stdev([0.10, 0.15, -0.01]) / 3 ** 0.5)
+    assert row["loss_verdict"] == "ties"
+    runs = [dict(r, heldout_loss=r["heldout_loss"] + (0.5 if r["method"] == "lora-matched" else 0)) for r in runs]
+    assert stats.compare(runs, "addition", {"selora-w-haar": 1e-3, "lora-matched": 1e-3})[0]["loss_verdict"] == "beats"
     assert stats.verdict(-1.0, 2.0) == "ties" and stats.verdict(-3.0, 2.0) == "loses"
 
 
