@@ -52,10 +52,12 @@ import torch
 try:  # as a module (tests) or as a script
     from benchmarks import quality_tasks as tasks
     from benchmarks.publish import provenance, publish
+    from benchmarks.quality_report import plot, print_table
     from benchmarks.quality_stats import base_method, compare, parse_method, summarise
 except ImportError:
     import quality_tasks as tasks
     from publish import provenance, publish
+    from quality_report import plot, print_table
     from quality_stats import base_method, compare, parse_method, summarise
 from selora_serve.atomic import write_json
 from selora_serve.config import SeLoRAConfig
@@ -399,67 +401,6 @@ def run(model_dir: str, sizes: Sizes, device: str, threads: int, json_path: str 
     report["complete"] = True
     save()
     return report
-
-
-def _half(value: float | None) -> str:
-    return "  -  " if value is None else f"{value:.3f}"
-
-
-def print_table(report: dict) -> None:
-    hw, s = report["hardware"], report["sizes"]
-    print(f"hardware: {hw['cpu']}, device {hw['device']}, {hw['torch_threads']} torch threads, torch {hw['torch']}, float32")
-    print(f"base: {report['model']['dir']} ({report['model']['parameters']:,} parameters, hidden {report['model']['hidden']}, "
-          f"{report['model']['layers']} layers)")
-    print(f"{s['epochs']} epoch, batch {s['batch']}, AdamW + cosine, warm-up {s['warmup']} steps; sweep from {s['lrs']} on "
-          f"seed 0 (x2 ladder, up to {s['max_extend']} more per side), {s['seeds']} seeds at each method's best "
-          f"validation loss; mean ± 95 % CI over seeds")
-    header = (f"{'method':<18} {'params':>10} {'lr':>8} {'test accuracy':>16} {'test loss':>16} {'s/step':>7} "
-              f"{'vs LoRA':>8} {'peak/rms':>8}")
-    for task in s["tasks"]:
-        base = report["base"][task]
-        print(f"\n{task}: {report['tasks'][task]}; {s['extraction_train'] if task == 'extraction' else s['train']} train / "
-              f"{s['validation']} validation / {s['test']} test; base model {base['heldout_accuracy']:.3f}")
-        print(header)
-        print("-" * len(header))
-        for row in (r for r in report["summary"] if r["task"] == task):
-            ratio = f"{row['step_vs_lora_r32']:.2f}x" if row["step_vs_lora_r32"] else "-"
-            edge = "" if row["bracketed"] or row["method"] not in s["methods"] else " (edge)"
-            print(f"{row['method']:<18} {row['trainable_params']:>10,} {row['lr']:>8g} "
-                  f"{row['heldout_accuracy_mean']:>7.3f} ± {_half(row['heldout_accuracy_ci95'])} "
-                  f"{row['heldout_loss_mean']:>7.3f} ± {_half(row['heldout_loss_ci95'])} {row['s_per_step']:>7.2f} {ratio:>8} "
-                  f"{row['update_peak_over_rms']:>8.1f}{edge}  (n={row['seeds']})")
-        for c in (c for c in report["comparisons"] if c["task"] == task):
-            print(f"  {c['method']} - {c['against']}: {c['points']:+.1f} ± {c['ci95']:.1f} points (paired, n={c['seeds']}): "
-                  f"{c['verdict']}; loss {c['loss_diff']:+.3f} ± {c['loss_ci95']:.3f}: {c['loss_verdict']}")
-        print("  sweep (seed 0), test accuracy / validation loss by lr:")
-        for method in s["methods"]:
-            cells = [f"{r['lr']:g}: {r['heldout_accuracy']:.3f} / {r['validation_loss']:.3f}"
-                     for r in sorted(report["runs"], key=lambda r: r["lr"])
-                     if r["task"] == task and r["method"] == method and r["phase"] == "sweep"]
-            print(f"    {method:<16} " + "   ".join(cells))
-    print(f"(total {report['seconds']:.0f} s this process)")
-
-
-def plot(report: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    task_names = report["sizes"]["tasks"]
-    fig, axes = plt.subplots(1, len(task_names), figsize=(6 * len(task_names), 4), squeeze=False)
-    for ax, task in zip(axes[0], task_names):
-        for row in (r for r in report["summary"] if r["task"] == task):
-            half = row["heldout_accuracy_ci95"] or 0.0
-            ax.errorbar(row["trainable_params"] / 1e6, row["heldout_accuracy_mean"], yerr=half, fmt="o", capsize=3,
-                        label=f"{row['method']} (lr {row['lr']:g}, n={row['seeds']})")
-        ax.axhline(report["base"][task]["heldout_accuracy"], color="grey", ls=":", label="base model")
-        ax.set_xlabel("trainable parameters (M)")
-        ax.set_ylabel("test accuracy (exact answer)")
-        ax.set_title(f"SmolLM2-135M, {task}: mean ± 95 % CI over seeds")
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def default_model_dir() -> str:

@@ -52,6 +52,21 @@ def test_quick_run_writes_the_records_and_resumes(real_model, tmp_path):
     assert "seed 0 lr" not in again.stderr  # no run line: nothing was trained
     assert len(results.read_text().splitlines()) == 4
     assert json.loads(out.read_text())["runs"] == doc["runs"]
+    assert doc["provenance"]["command"].startswith("python benchmarks/quality_real.py --quick")
+    # the stored document re-shown without training: the table the (second) run printed
+    shown = subprocess.run([sys.executable, str(SCRIPT.with_name("quality_report.py")), str(out)],
+                           capture_output=True, text=True, timeout=60, env=env)
+    assert shown.returncode == 0 and shown.stdout.strip() in again.stdout, shown.stderr
+
+
+def test_report_refuses_what_is_not_a_results_document(tmp_path, capsys):
+    from benchmarks import quality_report
+
+    bad = tmp_path / "r.json"
+    bad.write_text('{"benchmark": "train-step"}')
+    with pytest.raises(SystemExit):
+        quality_report.main([str(bad)])
+    assert f"{bad}: not a quality_real.py results document (KeyError: 'hardware')" in capsys.readouterr().err
 
 
 def test_splits_are_disjoint_and_sized():
