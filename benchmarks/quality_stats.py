@@ -86,7 +86,10 @@ def summarise(runs: list[dict], task: str, lrs: dict[str, float]) -> list[dict]:
 COMPARISONS = (("selora-w-haar", "lora-matched"), ("selora-w-db4", "lora-matched"), ("selora-w-haar", "lora-r32"),
                ("selora-w-db4", "lora-r32"), ("selora-f", "selora-w-haar"), ("selora-f", "selora-w-db4"),
                ("selora-f", "lora-matched"), ("selora-f-proj", "selora-f"), ("selora-f-proj", "selora-w-haar"),
-               ("selora-f-proj", "selora-w-db4"), ("selora-f-proj", "lora-matched"))
+               ("selora-f-proj", "selora-w-db4"), ("selora-f-proj", "lora-matched"),
+               # SeLoRA-W's eta / rank trade at the same parameter count (budget points, haar's rate)
+               ("selora-w-haar-r16", "selora-w-haar"), ("selora-w-haar-r64", "selora-w-haar"),
+               ("selora-w-haar-r64", "lora-matched"))
 
 
 def compare(runs: list[dict], task: str, lrs: dict[str, float]) -> list[dict]:
@@ -95,8 +98,9 @@ def compare(runs: list[dict], task: str, lrs: dict[str, float]) -> list[dict]:
     lower is better, so "beats" means a lower loss). The loss varies less between seeds than
     accuracy at a threshold does, so it resolves smaller differences."""
     def by_seed(method):
+        lr = lrs.get(method) or lrs.get(base_method(method))  # budget points train at their base's rate
         return {r["seed"]: r for r in runs
-                if r.get("task", "addition") == task and r["method"] == method and r["lr"] == lrs.get(method)}
+                if r.get("task", "addition") == task and r["method"] == method and r["lr"] == lr}
 
     out = []
     for a, b in COMPARISONS:

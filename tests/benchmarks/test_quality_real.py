@@ -164,6 +164,12 @@ def test_confidence_intervals_and_paired_verdicts():
     assert row["loss_verdict"] == "ties"
     runs = [dict(r, heldout_loss=r["heldout_loss"] + (0.5 if r["method"] == "lora-matched" else 0)) for r in runs]
     assert stats.compare(runs, "addition", {"selora-w-haar": 1e-3, "lora-matched": 1e-3})[0]["loss_verdict"] == "beats"
+    # a budget point is compared at its base method's rate
+    runs += [dict(r, method="selora-w-haar-r64", heldout_accuracy=r["heldout_accuracy"] + 0.01)
+             for r in runs if r["method"] == "selora-w-haar"]
+    rows = stats.compare(runs, "addition", {"selora-w-haar": 1e-3, "lora-matched": 1e-3})
+    row = next(r for r in rows if (r["method"], r["against"]) == ("selora-w-haar-r64", "selora-w-haar"))
+    assert row["seeds"] == 3 and row["points"] == pytest.approx(1.0) and row["loss_diff"] == pytest.approx(0.0)
     assert stats.verdict(-1.0, 2.0) == "ties" and stats.verdict(-3.0, 2.0) == "loses"
 
 
