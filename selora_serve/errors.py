@@ -1,6 +1,6 @@
 """The exceptions that mean "bad input" (shown to users as one clear line, not a traceback)."""
 
-from .checkpoint.format import CheckpointError
+from .checkpoint.manifest import CheckpointError
 from .config import ConfigError
 from .peft_io import PeftFormatError
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..checkpoint import CONFIG_FILE, CheckpointError, Manifest
-from ..checkpoint.format import parse_manifest, read_manifest
+from ..checkpoint.manifest import parse_manifest, read_manifest
 from .base import AdapterError, StoredAdapter, StoreUnavailable, check_name
 from .cache import AdapterCache, parse_size
 from .local import LocalRoot

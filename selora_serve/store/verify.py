@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..checkpoint import COEF_FILE, CONFIG_FILE, CheckpointError, Manifest, load_checkpoint
-from ..checkpoint.format import check_against_base, check_coefficients, parse_manifest, read_manifest
+from ..checkpoint.format import check_coefficients
+from ..checkpoint.manifest import check_against_base, parse_manifest, read_manifest
 from .base import AdapterError
 
 SEDORA_REFUSAL = (

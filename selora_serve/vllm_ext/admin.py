@@ -30,7 +30,8 @@ the served model name, under which requests to the base model are counted.
 import asyncio
 import os
 
-from ..checkpoint.format import CheckpointError, bytes_on_disk, read_manifest
+from ..checkpoint.format import bytes_on_disk
+from ..checkpoint.manifest import CheckpointError, read_manifest
 from . import metrics
 from ..store import AdapterStore
 from ..store.verify import describe
