@@ -41,7 +41,7 @@ def quick_model_dir(prefix: str) -> str:
 
 def provenance(script: str, argv: list[str] | None) -> dict:
     """Which run produced a results document: the command line, the project's commit (None outside
-    a git checkout; "+dirty" when the tree had changes) and when it finished (UTC)."""
+    a git checkout; "+dirty" when tracked code had changes) and when it finished (UTC)."""
     root = Path(__file__).resolve().parents[1]
 
     def git(*args: str) -> str | None:
@@ -52,7 +52,8 @@ def provenance(script: str, argv: list[str] | None) -> dict:
         return done.stdout.strip() if done.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    if commit and git("status", "--porcelain", "--untracked-files=no"):
+    # results files are what a run writes: changes there do not make the code dirty
+    if commit and git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"):
         commit += "+dirty"
     args = sys.argv[1:] if argv is None else argv
     return {"command": shlex.join(["python", f"benchmarks/{script}", *args]), "git_commit": commit,
