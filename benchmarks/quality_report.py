@@ -49,23 +49,33 @@ def print_table(report: dict) -> None:
 
 
 def plot(report: dict, path: str) -> None:
+    """Per task, one row per method: every seed's test accuracy (dots) and, with 3 or more seeds,
+    the mean and its 95 % CI (bar); rows labelled with the trainable parameters and the rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     task_names = report["sizes"]["tasks"]
-    fig, axes = plt.subplots(1, len(task_names), figsize=(6 * len(task_names), 4), squeeze=False)
+    most = max(sum(1 for r in report["summary"] if r["task"] == t) for t in task_names)
+    fig, axes = plt.subplots(1, len(task_names), figsize=(6.5 * len(task_names), 1.2 + 0.4 * most), squeeze=False)
     for ax, task in zip(axes[0], task_names):
-        for row in (r for r in report["summary"] if r["task"] == task):
-            half = row["heldout_accuracy_ci95"] or 0.0
-            ax.errorbar(row["trainable_params"] / 1e6, row["heldout_accuracy_mean"], yerr=half, fmt="o", capsize=3,
-                        label=f"{row['method']} (lr {row['lr']:g}, n={row['seeds']})")
-        ax.axhline(report["base"][task]["heldout_accuracy"], color="grey", ls=":", label="base model")
-        ax.set_xlabel("trainable parameters (M)")
-        ax.set_ylabel("test accuracy (exact answer)")
-        ax.set_title(f"SmolLM2-135M, {task}: mean ± 95 % CI over seeds")
-        ax.legend(fontsize=6)
+        rows = [r for r in report["summary"] if r["task"] == task]
+        for y, row in enumerate(rows):
+            seeds = [r["heldout_accuracy"] for r in report["runs"]
+                     if r["task"] == task and r["method"] == row["method"] and r["lr"] == row["lr"]]
+            ax.plot(seeds, [y] * len(seeds), "o", color="grey", alpha=0.5, ms=4)
+            if row["seeds"] >= 3:
+                ax.errorbar(row["heldout_accuracy_mean"], y, xerr=row["heldout_accuracy_ci95"], fmt="D", color="C0",
+                            capsize=4)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([f"{r['method']} ({r['trainable_params'] / 1e6:.2f}M, lr {r['lr']:g})" for r in rows],
+                           fontsize=7)
+        ax.invert_yaxis()
+        ax.axvline(report["base"][task]["heldout_accuracy"], color="grey", ls=":")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("test accuracy (exact answer); dots: seeds, bars: mean ± 95 % CI")
+        ax.set_title(f"SmolLM2-135M-Instruct, {task}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -54,9 +54,11 @@ def test_quick_run_writes_the_records_and_resumes(real_model, tmp_path):
     assert json.loads(out.read_text())["runs"] == doc["runs"]
     assert doc["provenance"]["command"].startswith("python benchmarks/quality_real.py --quick")
     # the stored document re-shown without training: the table the (second) run printed
-    shown = subprocess.run([sys.executable, str(SCRIPT.with_name("quality_report.py")), str(out)],
+    png = tmp_path / "quality.png"
+    shown = subprocess.run([sys.executable, str(SCRIPT.with_name("quality_report.py")), str(out), "--plot", str(png)],
                            capture_output=True, text=True, timeout=60, env=env)
     assert shown.returncode == 0 and shown.stdout.strip() in again.stdout, shown.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_refuses_what_is_not_a_results_document(tmp_path, capsys):
