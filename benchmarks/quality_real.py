@@ -28,7 +28,7 @@ at a size this machine can run, with the power to tell +2 points from noise:
 
 Resumable: every finished run is appended to `--results` (JSONL, default next to `--json`); a
 rerun with the same sizes reuses those records and runs only what is missing, so the default run
-(about 3 hours on 2 CPU cores: ~125 runs of 85-100 s) can span sessions. `--json` is rewritten after every run
+(about 3 hours on 2 CPU cores: 116 runs of 85-100 s) can span sessions. `--json` is rewritten after every run
 ("complete": false until the end). `--plot PATH` draws accuracy against trainable parameters.
 `--quick` is the suite's smoke run.
 """
