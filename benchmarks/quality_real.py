@@ -29,7 +29,7 @@ at a size this machine can run, with the power to tell +2 points from noise:
 Resumable: every finished run is appended to `--results` (JSONL, default next to `--json`); a
 rerun with the same sizes reuses those records and runs only what is missing, so the default run
 (about 3 hours on 2 CPU cores: 116 runs of 85-100 s) can span sessions. `--json` is rewritten after every run
-("complete": false until the end). `--plot PATH` draws accuracy against trainable parameters.
+("complete": false until the end). `--plot PATH` draws each method's test accuracy per task (every seed, mean ± CI).
 `--quick` is the suite's smoke run.
 """
 
@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", metavar="PATH", default=None,
                         help="JSONL of finished runs, appended to and reused on a rerun (default: --json's path with "
                         ".jsonl; none without --json)")
-    parser.add_argument("--plot", metavar="PATH", default=None, help="write a PNG of accuracy vs parameters here")
+    parser.add_argument("--plot", metavar="PATH", default=None, help="write a PNG of each method's test accuracy per task (seeds, mean ± 95 %% CI) here")
     parser.add_argument("--progress", action="store_true", help="a line per run on stderr")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()

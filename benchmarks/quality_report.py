@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Show a stored quality_real.py results document: its table, and "
                                      "(--plot) its plot. Trains nothing.")
     parser.add_argument("json", type=Path, help="the document quality_real.py wrote (--json)")
-    parser.add_argument("--plot", metavar="PNG", default=None, help="also draw accuracy against parameters here")
+    parser.add_argument("--plot", metavar="PNG", default=None, help="also draw each method's test accuracy per task here (seeds, mean ± 95 %% CI)")
     args = parser.parse_args(argv)
     try:
         report = json.loads(args.json.read_text())
