@@ -39,6 +39,11 @@ def quick_model_dir(prefix: str) -> str:
     return str(build_tiny_model(tempfile.mkdtemp(prefix=f"{prefix}-") + "/tiny", seed=0))
 
 
+def utc_now() -> str:
+    """This moment as an ISO 8601 UTC timestamp (the form every results record uses)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def provenance(script: str, argv: list[str] | None) -> dict:
     """Which run produced a results document: the command line, the project's commit (None outside
     a git checkout; "+dirty" when tracked code had changes) and when it finished (UTC)."""
@@ -57,4 +62,4 @@ def provenance(script: str, argv: list[str] | None) -> dict:
         commit += "+dirty"
     args = sys.argv[1:] if argv is None else argv
     return {"command": shlex.join(["python", f"benchmarks/{script}", *args]), "git_commit": commit,
-            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "finished_utc": utc_now()}

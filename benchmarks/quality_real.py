@@ -51,12 +51,12 @@ import torch
 
 try:  # as a module (tests) or as a script
     from benchmarks import quality_tasks as tasks
-    from benchmarks.publish import provenance, publish
+    from benchmarks.publish import provenance, publish, utc_now
     from benchmarks.quality_report import plot, print_table
     from benchmarks.quality_stats import base_method, compare, parse_method, summarise
 except ImportError:
     import quality_tasks as tasks
-    from publish import provenance, publish
+    from publish import provenance, publish, utc_now
     from quality_report import plot, print_table
     from quality_stats import base_method, compare, parse_method, summarise
 from selora_serve.atomic import write_json
@@ -353,7 +353,7 @@ def run(model_dir: str, sizes: Sizes, device: str, threads: int, json_path: str 
         if done is None:
             with context.Pool(1, maxtasksperchild=1) as pool:  # a fresh process: its peak memory is its own
                 done = pool.apply(_in_child, ((model_dir, sizes, method, seed, lr, device, threads, task),))
-            done.update(phase=phase, sizes_key=sizes.key(task), finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            done.update(phase=phase, sizes_key=sizes.key(task), finished_utc=utc_now())
             if results:
                 results.parent.mkdir(parents=True, exist_ok=True)
                 with results.open("a") as fh:

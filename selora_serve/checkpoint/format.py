@@ -10,9 +10,9 @@ A checkpoint is a directory with two files:
                                      with "{module}.coef_a.scale" / ".coef_b.scale" per group
 
 `read_manifest` (`manifest.py`) validates the JSON alone (cheap: no tensors, no allocation
-proportional to the declared shapes); `load_checkpoint` also validates every tensor and every Omega checksum, and,
-given the base model's config, the fingerprint and each module's shape. Every failure raises
-`CheckpointError` naming the file, the field and what was expected.
+proportional to the declared shapes); `load_checkpoint` also validates every tensor and every
+Omega checksum, and, given the base model's config, the fingerprint and each module's shape.
+Every failure raises `CheckpointError` naming the file, the field and what was expected.
 """
 
 from __future__ import annotations
