@@ -69,6 +69,11 @@ def prepare(base, method: str, per_factor: bool):
     return model
 
 
+def optimizer_of(method: str) -> str:
+    """The optimiser a timed method trains with ("-proj": the projected one)."""
+    return "projected-adamw" if parse_method(method.removesuffix("/per-factor"))[3] else "adamw"
+
+
 def time_steps(model, examples, steps: int, batch: int, pad_id: int, optimizer: str = "adamw") -> list[float]:
     """Wall seconds of each of `steps` optimiser steps (all but the first: warm-up)."""
     from selora_serve.training.trainer import TrainConfig, fit
@@ -103,7 +108,7 @@ def run(model_dir: str, threads: list[int], regimes: list[str], methods: list[st
             torch.set_num_threads(t)
             for regime in regimes:
                 for method in methods:
-                    optimizer = "projected-adamw" if parse_method(method.removesuffix("/per-factor"))[3] else "adamw"
+                    optimizer = optimizer_of(method)
                     seconds = time_steps(models[method], data[regime], steps, batch, pad, optimizer)
                     report["samples"].append({"round": round_, "threads": t, "regime": regime, "method": method,
                                               "optimizer": optimizer, "step_seconds": seconds})
@@ -186,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = ["lora-r32"] + methods
     if args.per_factor:
         # the projected optimiser steps factor banks, so it has no per-factor form
-        methods += [f"{m}/per-factor" for m in methods if m.startswith("selora") and not parse_method(m)[3]]
+        methods += [f"{m}/per-factor" for m in methods if m.startswith("selora") and optimizer_of(m) == "adamw"]
     if args.quick:
         model_dir = quick_model_dir("train-step")
         args.rounds, args.steps, args.batch = 1, 3, 2
